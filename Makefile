@@ -1,0 +1,41 @@
+# medkd developer commands. Two of them are all a newcomer needs:
+#   make demo   install everything, train BCP and the supervised baseline on synthetic data, print where results are
+#   make test   install everything and run the test suite
+# The virtual environment is cached outside the clone, keyed by a hash of pyproject.toml, and rebuilt from
+# scratch when missing or incomplete; each clone then installs itself into it in editable mode (seconds).
+
+PYTHON    ?= python3
+VENV_ROOT ?= $(HOME)/.cache/medkd/venvs
+VENV      ?= $(VENV_ROOT)/$(shell sha256sum pyproject.toml | cut -c1-16)
+PY        := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: $(VENV)/.ready
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@ln -sfn $(VENV) .venv
+	@echo "medkd installed in $(VENV) (linked as .venv; 'source .venv/bin/activate' to use the medkd command)"
+
+$(VENV)/.ready: pyproject.toml
+	@echo "building the virtual environment in $(VENV) (first time only: a few minutes)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/medkd demo --out demo_output
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/bcp_synthetic.py
+
+clean:
+	rm -rf demo_output .pytest_cache .venv

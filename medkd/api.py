@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""medkd's Python API: one function per ``medkd`` subcommand, with the same argument names.
+
+Example:
+    >>> from medkd import api  # doctest: +SKIP
+    >>> api.bcp_train("apps/bcp/cpu_2d.yaml", "data/acdc", "runs/bcp", overrides=["seed=2"])  # doctest: +SKIP
+    >>> api.bcp_eval("runs/bcp", "data/acdc", split="test", json="runs/bcp/test.json")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bcp_train", "bcp_eval", "bcp_predict", "demo"]
+
+
+def bcp_train(
+    config: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train BCP (or ``method=supervised``) from a preset plus ``key=value`` overrides; see :func:`train_bcp`."""
+    from medkd.config import load_config
+    from medkd.methods.bcp.config import BCPConfig
+    from medkd.methods.bcp.trainer import train_bcp
+
+    cfg = load_config(BCPConfig, config, overrides)
+    return train_bcp(cfg, data_root, out, resume=resume, progress=progress)
+
+
+def bcp_eval(
+    run: str | Path,
+    data_root: str | Path,
+    *,
+    split: str = "test",
+    json: str | Path | None = None,
+    checkpoint: str = "best",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run's final student on a split with the paper's protocol.
+
+    Writes ``json`` (if given) and ``RUN/metrics_per_case_<split>.csv``; returns
+    ``{"mean": {...}, "per_class": {...}, "cases": [...], "empty_predictions": n, ...}``.
+    """
+    from tqdm import tqdm
+
+    from medkd.metrics.seg import write_cases_csv
+    from medkd.methods.bcp.data import eval_cases
+    from medkd.methods.bcp.evaluate import evaluate_cases
+    from medkd.methods.bcp.predict import checkpoint_path, load_run
+
+    cfg, model = load_run(run, checkpoint)
+    device = next(model.parameters()).device
+    bar = tqdm(desc=f"eval {split}", unit="case", disable=not progress)
+    try:
+        summary = evaluate_cases(model, eval_cases(cfg, Path(data_root), split), cfg, device, progress=bar)
+    finally:
+        bar.close()
+    summary.update(
+        run=str(run), split=split, checkpoint=str(checkpoint_path(run, cfg, checkpoint)), dataset=cfg.dataset.value,
+        method=cfg.method.value, selection_on_test=cfg.resolved_val_split() == "test",
+    )
+    write_cases_csv(summary, Path(run) / f"metrics_per_case_{split}.csv")
+    if json is not None:
+        Path(json).parent.mkdir(parents=True, exist_ok=True)
+        Path(json).write_text(jsonlib.dumps(summary, indent=2))
+    return summary
+
+
+def bcp_predict(run: str | Path, input: str | Path, output: str | Path, *, checkpoint: str = "best") -> list[Path]:
+    """Segment a NIfTI file, a folder of them or a DICOM series folder; masks keep the input geometry."""
+    from medkd.methods.bcp.predict import predict_paths
+
+    return predict_paths(run, input, output, checkpoint=checkpoint)
+
+
+def demo(out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Synthetic data -> BCP and supervised baseline -> evaluation -> prediction and overlay; see :mod:`medkd.demo`."""
+    from medkd.demo import run_demo
+
+    return run_demo(out, quick=quick, progress=progress)

@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Load a trained BCP run and segment NIfTI files, image folders or DICOM series with it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from medkd.config import config_from_dict
+from medkd.engine.checkpoint import load_checkpoint
+from medkd.errors import DataError
+from medkd.io.volume_io import list_inputs, output_name, read_volume, write_mask_like
+from medkd.methods.bcp.config import BCPConfig
+from medkd.methods.bcp.evaluate import predict_case
+from medkd.methods.bcp.trainer import build_student, final_stage, resolve_device
+
+__all__ = ["load_run", "checkpoint_path", "normalise", "segment_array", "predict_paths"]
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_path(run: str | Path, cfg: BCPConfig, which: str = "best") -> Path:
+    """``RUN/<final stage>/<which>.pt``; ``best`` falls back to ``last`` when no validation ran."""
+    if which not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+    stage_dir = Path(run) / final_stage(cfg)
+    for name in (which, "last"):
+        if (stage_dir / f"{name}.pt").is_file():
+            return stage_dir / f"{name}.pt"
+    raise DataError(stage_dir, f"no {which}.pt checkpoint: train the run first (medkd bcp train ... --out {run})")
+
+
+def load_run(run: str | Path, which: str = "best", device: str | torch.device | None = None) -> tuple[BCPConfig, nn.Module]:
+    """Rebuild the run's network from ``RUN/config.yaml`` and load its final student weights (eval mode).
+
+    Raises:
+        DataError: the folder is not a medkd BCP run, or its checkpoint is missing/corrupt.
+    """
+    run = Path(run)
+    cfg_file = run / "config.yaml"
+    if not cfg_file.is_file():
+        raise DataError(run, "not a medkd run folder (config.yaml is missing)")
+    cfg = config_from_dict(BCPConfig, yaml.safe_load(cfg_file.read_text()) or {}, source=str(cfg_file))
+    state = load_checkpoint(checkpoint_path(run, cfg, which))
+    model = build_student(cfg)
+    model.load_state_dict(state["student"])
+    dev = torch.device(device) if device is not None else resolve_device(cfg)
+    return cfg, model.to(dev).eval()
+
+
+def normalise(array: np.ndarray, mode: str) -> np.ndarray:
+    """Training-time intensity normalisation: ``minmax`` to [0, 1] (ACDC) or ``zscore`` (LA)."""
+    array = array.astype(np.float32, copy=False)
+    if mode == "minmax":
+        lo, hi = float(array.min()), float(array.max())
+        return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    std = float(array.std())
+    return (array - float(array.mean())) / std if std > 0 else np.zeros_like(array)
+
+
+def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.ndarray:
+    """Label map ``(z, y, x)`` of a volume ``(z, y, x)`` as read by SimpleITK.
+
+    2D runs segment each z slice; 3D runs see the volume as ``(x, y, z)``, the LA h5 layout.
+    """
+    device = next(model.parameters()).device
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"expected a 2D image or a 3D volume, got shape {array.shape}")
+    image = normalise(array, cfg.intensity)
+    if cfg.spatial_dims == 2:
+        return predict_case(model, image, cfg, device)
+    return predict_case(model, image.transpose(2, 1, 0), cfg, device).transpose(2, 1, 0)
+
+
+def predict_paths(
+    run: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    checkpoint: str = "best",
+    on_case: Callable[[Path, Path], None] | None = None,
+) -> list[Path]:
+    """Segment every input under ``input`` and write NIfTI masks with the inputs' geometry.
+
+    Args:
+        input: a NIfTI/MHA/NRRD file, a folder of them, or a DICOM series folder.
+        output: a ``.nii``/``.nii.gz`` file for a single input, else a folder (created).
+
+    Returns:
+        The written mask paths.
+    """
+    cfg, model = load_run(run, checkpoint)
+    inputs = list_inputs(Path(input))
+    output = Path(output)
+    single_file = len(inputs) == 1 and output.name.endswith((".nii", ".nii.gz"))
+    written = []
+    for path in inputs:
+        volume = read_volume(path)
+        mask = segment_array(model, cfg, volume.array)
+        target = output if single_file else output / output_name(path)
+        written.append(write_mask_like(mask.astype(np.uint8), volume.image, target))
+        logger.info("%s -> %s", path, target)
+        if on_case is not None:
+            on_case(path, target)
+    return written
