@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Evaluation metrics and the papers' evaluation inference.
+
+``seg``: Dice, Jaccard, HD95 and ASD with medpy's definitions and an explicit empty-mask policy, plus per-case
+summaries, tables and CSV. ``seg_inference``: the BCP evaluation protocols (ACDC slice-wise, LA sliding window).
+"""
+
+from __future__ import annotations
+
+from medkd.metrics.seg import (
+    METRIC_KEYS,
+    EmptyPolicy,
+    binary_metrics,
+    case_metrics,
+    format_table,
+    summarize_cases,
+    write_cases_csv,
+)
+from medkd.metrics.seg_inference import exact_overlaps, largest_component, predict_slices_2d, predict_sliding_3d
+
+__all__ = [
+    "METRIC_KEYS",
+    "EmptyPolicy",
+    "binary_metrics",
+    "case_metrics",
+    "summarize_cases",
+    "format_table",
+    "write_cases_csv",
+    "predict_slices_2d",
+    "predict_sliding_3d",
+    "largest_component",
+    "exact_overlaps",
+]
