@@ -42,9 +42,10 @@ def bcp_eval(
     split: str = "test",
     json: str | Path | None = None,
     checkpoint: str = "best",
+    stage: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a run's final student on a split with the paper's protocol.
+    """Evaluate a run's final student (or ``stage``'s) on a split with the paper's protocol.
 
     Writes ``json`` (if given) and ``RUN/metrics_per_case_<split>.csv``; returns
     ``{"mean": {...}, "per_class": {...}, "cases": [...], "empty_predictions": n, ...}``.
@@ -56,7 +57,7 @@ def bcp_eval(
     from medkd.methods.bcp.evaluate import evaluate_cases
     from medkd.methods.bcp.predict import checkpoint_path, load_run
 
-    cfg, model = load_run(run, checkpoint)
+    cfg, model = load_run(run, checkpoint, stage=stage)
     device = next(model.parameters()).device
     bar = tqdm(desc=f"eval {split}", unit="case", disable=not progress)
     try:
@@ -64,10 +65,10 @@ def bcp_eval(
     finally:
         bar.close()
     summary.update(
-        run=str(run), split=split, checkpoint=str(checkpoint_path(run, cfg, checkpoint)), dataset=cfg.dataset.value,
+        run=str(run), split=split, checkpoint=str(checkpoint_path(run, cfg, checkpoint, stage)), dataset=cfg.dataset.value,
         method=cfg.method.value, selection_on_test=cfg.resolved_val_split() == "test",
     )
-    write_cases_csv(summary, Path(run) / f"metrics_per_case_{split}.csv")
+    write_cases_csv(summary, Path(run) / f"metrics_per_case_{stage + '_' if stage else ''}{split}.csv")
     if json is not None:
         Path(json).parent.mkdir(parents=True, exist_ok=True)
         Path(json).write_text(jsonlib.dumps(summary, indent=2))

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="list name: test (default), val, ...")
     ev.add_argument("--json", default=None, help="write the metrics here")
     ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    ev.add_argument("--stage", default=None, choices=("pretrain", "selftrain", "supervised"),
+                    help="evaluate this stage's student instead of the run's final one")
 
     pr = bsub.add_parser("predict", help="segment NIfTI files or a DICOM series folder")
     pr.add_argument("--run", required=True)
@@ -73,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         from medkd.metrics.seg import format_table
 
         summary = api.bcp_eval(
-            args.run, args.data_root, split=args.split, json=args.json, checkpoint=args.checkpoint, progress=progress
+            args.run, args.data_root, split=args.split, json=args.json, checkpoint=args.checkpoint, stage=args.stage,
+            progress=progress,
         )
         print(format_table(summary))
         if args.json:

@@ -47,7 +47,7 @@ class BCPConfig:
         patch: training patch; ACDC slices are nearest-resized to it, LA volumes random-cropped.
         batch_size / labeled_batch_size: total batch and its labelled part (reference 24/12, LA 8/4).
         pretrain_iterations / selftrain_iterations: iterations of the two stages; the supervised
-            baseline trains for their sum.
+            baseline trains for their sum; ``selftrain_iterations=0`` stops after stage 1 (ablation).
         lr, momentum, weight_decay: SGD settings. ``lr_step``: if > 0, self-training lr is
             ``lr * lr_gamma ** (it // lr_step)`` (LA reference: 2500).
         ema_decay: teacher EMA decay. ``ema_mode``: ``state_dict`` | ``params`` | ``auto``.
@@ -136,9 +136,9 @@ class BCPConfig:
                 "faithful LA reproduces the reference's box hard-coded for a 112x112x80 patch; "
                 "set patch=[112, 112, 80] or faithful=false"
             )
-        for name in ("pretrain_iterations", "selftrain_iterations", "val_interval", "log_interval"):
-            if getattr(self, name) < (0 if name.endswith("iterations") else 1):
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name, least in (("pretrain_iterations", 1), ("selftrain_iterations", 0), ("val_interval", 1), ("log_interval", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
 
     # ---- resolved "auto" settings -------------------------------------------------------------
     @property

@@ -25,19 +25,25 @@ __all__ = ["load_run", "checkpoint_path", "normalise", "segment_array", "predict
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_path(run: str | Path, cfg: BCPConfig, which: str = "best") -> Path:
-    """``RUN/<final stage>/<which>.pt``; ``best`` falls back to ``last`` when no validation ran."""
+def checkpoint_path(run: str | Path, cfg: BCPConfig, which: str = "best", stage: str | None = None) -> Path:
+    """``RUN/<stage>/<which>.pt`` (default stage: the run's final one); ``best`` falls back to ``last``."""
     if which not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
-    stage_dir = Path(run) / final_stage(cfg)
+    stage_dir = Path(run) / (stage or final_stage(cfg))
     for name in (which, "last"):
         if (stage_dir / f"{name}.pt").is_file():
             return stage_dir / f"{name}.pt"
     raise DataError(stage_dir, f"no {which}.pt checkpoint: train the run first (medkd bcp train ... --out {run})")
 
 
-def load_run(run: str | Path, which: str = "best", device: str | torch.device | None = None) -> tuple[BCPConfig, nn.Module]:
-    """Rebuild the run's network from ``RUN/config.yaml`` and load its final student weights (eval mode).
+def load_run(
+    run: str | Path, which: str = "best", device: str | torch.device | None = None, *, stage: str | None = None
+) -> tuple[BCPConfig, nn.Module]:
+    """Rebuild the run's network from ``RUN/config.yaml`` and load a stage's student weights (eval mode).
+
+    Args:
+        which: ``best`` (on validation) or ``last``. stage: ``pretrain``, ``selftrain`` or ``supervised``;
+            default the run's final stage.
 
     Raises:
         DataError: the folder is not a medkd BCP run, or its checkpoint is missing/corrupt.
@@ -47,7 +53,7 @@ def load_run(run: str | Path, which: str = "best", device: str | torch.device | 
     if not cfg_file.is_file():
         raise DataError(run, "not a medkd run folder (config.yaml is missing)")
     cfg = config_from_dict(BCPConfig, yaml.safe_load(cfg_file.read_text()) or {}, source=str(cfg_file))
-    state = load_checkpoint(checkpoint_path(run, cfg, which))
+    state = load_checkpoint(checkpoint_path(run, cfg, which, stage))
     model = build_student(cfg)
     model.load_state_dict(state["student"])
     dev = torch.device(device) if device is not None else resolve_device(cfg)

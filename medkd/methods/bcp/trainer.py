@@ -60,8 +60,10 @@ def build_student(cfg: BCPConfig) -> nn.Module:
 
 
 def final_stage(cfg: BCPConfig) -> str:
-    """The stage whose student is the run's deliverable."""
-    return SUPERVISED if cfg.method == Method.SUPERVISED else SELFTRAIN
+    """The stage whose student is the run's deliverable (``selftrain_iterations=0``: stage 1 only, an ablation)."""
+    if cfg.method == Method.SUPERVISED:
+        return SUPERVISED
+    return SELFTRAIN if cfg.selftrain_iterations > 0 else PRETRAIN
 
 
 class BCPStageTask(TrainTask):
@@ -177,6 +179,8 @@ def train_bcp(
     else:
         optimizer = _optimizer(cfg, student)
         pre = run_stage(PRETRAIN, student, optimizer, cfg.pretrain_iterations)
+        if final_stage(cfg) == PRETRAIN:
+            return _finish(summary, out, dist.rank)
         best = load_checkpoint(pre.best_path if Path(pre.best_path).exists() else pre.last_path)
         student.load_state_dict(best["student"])
         optimizer = _optimizer(cfg, student)
@@ -189,7 +193,11 @@ def train_bcp(
             train_mode=cfg.resolved_teacher_train_mode(),
         ).to(device)
         run_stage(SELFTRAIN, student, optimizer, cfg.selftrain_iterations, teacher=teacher)
-    if dist.rank == 0:
+    return _finish(summary, out, dist.rank)
+
+
+def _finish(summary: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
+    if rank == 0:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info("run written to %s", out)
     return summary

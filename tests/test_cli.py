@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``medkd`` command: help, error paths with one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from medkd.cli import main
+
+CPU_2D = str(Path(__file__).resolve().parents[1] / "apps" / "bcp" / "cpu_2d.yaml")
+
+
+def test_help_imports_no_heavy_optional_dependency():
+    code = (
+        "import sys; from medkd.cli import build_parser; build_parser().format_help(); "
+        "print(any(m in sys.modules for m in ('pydicom', 'highdicom', 'streamlit', 'torch')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _err(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("medkd: error:")
+    return err
+
+
+def test_unknown_set_key_lists_valid_keys(capsys, tmp_path):
+    err = _err(capsys, ["bcp", "train", "--config", CPU_2D, "--data-root", str(tmp_path), "--out", str(tmp_path / "r"),
+                        "--set", "sed=2"])
+    assert "'sed'" in err and "Did you mean 'seed'" in err and "Valid keys" in err
+
+
+def test_missing_data_root_is_named(capsys, tmp_path):
+    err = _err(capsys, ["bcp", "train", "--config", CPU_2D, "--data-root", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert str(tmp_path / "nope") in err
+
+
+def test_missing_config_file(capsys, tmp_path):
+    err = _err(capsys, ["bcp", "train", "--config", str(tmp_path / "x.yaml"), "--data-root", str(tmp_path), "--out", str(tmp_path)])
+    assert "x.yaml" in err and "not found" in err
+
+
+def test_malformed_h5_is_named(capsys, tmp_path):
+    from medkd.data.synthetic import write_synthetic_acdc
+
+    root = write_synthetic_acdc(tmp_path / "acdc", n_train=4, n_val=1, n_test=1, n_slices=4, seed=0)
+    first = (root / "train_slices.list").read_text().split()[0]
+    with h5py.File(root / "data" / "slices" / f"{first}.h5", "w") as f:
+        f["image"] = np.zeros((64, 64), np.float32)  # no "label"
+    err = _err(capsys, ["bcp", "train", "--config", CPU_2D, "--data-root", str(root), "--out", str(tmp_path / "r"),
+                        "--set", "labeled=1", "--set", "pretrain_iterations=1", "--set", "selftrain_iterations=1"])
+    assert f"{first}.h5" in err and "label" in err
+
+
+def test_eval_on_a_folder_that_is_no_run(capsys, tmp_path):
+    err = _err(capsys, ["bcp", "eval", "--run", str(tmp_path), "--data-root", str(tmp_path)])
+    assert "not a medkd run folder" in err
+
+
+def test_unknown_net_name_suggests_close_matches(capsys, tmp_path):
+    from medkd.data.synthetic import write_synthetic_acdc
+
+    root = write_synthetic_acdc(tmp_path / "acdc", n_train=4, n_val=1, n_test=1, n_slices=4, seed=0)
+    err = _err(capsys, ["bcp", "train", "--config", CPU_2D, "--data-root", str(root), "--out", str(tmp_path / "r"),
+                        "--set", "net=bcp_unet2", "--set", "labeled=1"])
+    assert "bcp_unet2d" in err
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "overlay" in out and (tmp_path / "demo" / "overlay.png").is_file()
+    assert (tmp_path / "demo" / "demo_summary.json").is_file()
