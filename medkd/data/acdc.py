@@ -33,6 +33,7 @@ from medkd.errors import DataError
 from medkd.keys import Keys
 
 __all__ = [
+    "check_h5_headers",
     "ACDC_CLASSES",
     "PATIENTS_TO_SLICES",
     "REAL_TRAIN_SLICES",
@@ -193,6 +194,31 @@ def read_h5_pair(path: Path, ndim: int, num_classes: int) -> tuple[np.ndarray, n
         if not np.all(np.mod(label, 1) == 0):
             raise DataError(path, f"label holds non-integer values (dtype {label.dtype})")
     return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
+
+
+def check_h5_headers(paths: Sequence[Path], ndim: int) -> None:
+    """Check every h5 file's structure (keys, dimensions, equal shapes) from its header, without reading data.
+
+    Run once before training so a malformed file anywhere in a split is reported before the first iteration,
+    not whenever the sampler first draws it.
+
+    Raises:
+        DataError: naming the first bad file and its problem.
+    """
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [str(k) for k in (Keys.IMAGE, Keys.LABEL) if k not in f]
+                if missing:
+                    raise DataError(path, f"missing key {missing[0]!r} (found {sorted(f.keys())})")
+                shapes = {str(k): f[k].shape for k in (Keys.IMAGE, Keys.LABEL)}
+        except OSError as exc:
+            raise DataError(path, f"unreadable h5 file ({exc})") from exc
+        for key, shape in shapes.items():
+            if len(shape) != ndim:
+                raise DataError(path, f"{key!r} must be {ndim}D, got shape {shape}")
+        if shapes["image"] != shapes["label"]:
+            raise DataError(path, f"image shape {shapes['image']} differs from label shape {shapes['label']}")
 
 
 class ACDCSliceDataset(Dataset):

@@ -150,8 +150,13 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave and destroy the process group, if one exists."""
+    """Wait for every rank, then destroy the process group, if one exists.
+
+    The barrier matters with gloo: a rank that tears the group down while a peer is still finishing its last
+    collective makes the peer abort (SIGABRT).
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

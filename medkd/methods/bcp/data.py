@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
-from medkd.data.acdc import ACDCSliceDataset, ACDCVolumeDataset, acdc_labeled_split
-from medkd.data.la import LAVolumeDataset, la_split, la_test_ids
+from medkd.data.acdc import ACDCSliceDataset, ACDCVolumeDataset, acdc_labeled_split, check_h5_headers
+from medkd.data.la import LAVolumeDataset, la_case_path, la_split, la_test_ids
 from medkd.data.sampler import TwoStreamBatchSampler, infinite_batches
 from medkd.data.transforms import acdc_train_transform, la_train_transform
 from medkd.errors import DataError
@@ -46,14 +46,17 @@ def build_run_data(cfg: BCPConfig, root: Path) -> RunData:
     if cfg.dataset == DatasetName.ACDC:
         labeled, unlabeled = acdc_labeled_split(root, cfg.labeled)
         tf = acdc_train_transform(cfg.patch)
-        return RunData(
+        data = RunData(
             ACDCSliceDataset(root, labeled, tf, num_classes=cfg.num_classes),
             ACDCSliceDataset(root, unlabeled, tf, num_classes=cfg.num_classes),
             val_split,
             None,
         )
+        check_h5_headers([ds.path(i) for ds in (data.labeled, data.unlabeled) for i in range(len(ds))], ndim=2)
+        return data
     tail = cfg.val_from_train if val_split == "train_tail" else 0
     labeled, unlabeled, val = la_split(root, cfg.labeled, val_from_train=tail)
+    check_h5_headers([la_case_path(root, case) for case in labeled + unlabeled + val], ndim=3)
     tf = la_train_transform(cfg.patch)
     return RunData(
         LAVolumeDataset(root, labeled, tf, num_classes=cfg.num_classes),

@@ -26,15 +26,16 @@ from torch import nn
 
 from medkd.config import config_to_dict
 from medkd.engine.checkpoint import load_checkpoint
-from medkd.engine.distributed import DistInfo, init_distributed
+from medkd.engine.distributed import DistInfo, cleanup, init_distributed
 from medkd.engine.ema import EMATeacher
 from medkd.engine.loop import Engine, EngineConfig
 from medkd.engine.seeding import seed_everything
 from medkd.engine.task import TrainTask
 from medkd.methods.bcp.config import BCPConfig, Method
 from medkd.methods.bcp.data import RunData, build_run_data, eval_cases, labeled_loader, two_stream_loader
-from medkd.methods.bcp.evaluate import validation_dice
+from medkd.methods.bcp.evaluate import class_names, validation_dice
 from medkd.methods.bcp.masks import box_mask
+from medkd.methods.bcp.snapshots import save_mixed_snapshot
 from medkd.methods.bcp.steps import StepOptions, pretrain_step, selftrain_step, supervised_step
 from medkd.nets import create_net
 
@@ -56,7 +57,12 @@ def resolve_device(cfg: BCPConfig, dist: DistInfo | None = None) -> torch.device
 
 def build_student(cfg: BCPConfig) -> nn.Module:
     """The registered network of ``cfg`` with ``in_channels``/``out_channels`` from the config."""
-    return create_net(cfg.net, in_channels=cfg.in_channels, out_channels=cfg.num_classes)
+    net = create_net(cfg.net, in_channels=cfg.in_channels, out_channels=cfg.num_classes)
+    return net.to(memory_format=torch.channels_last) if _channels_last(cfg) else net
+
+
+def _channels_last(cfg: BCPConfig) -> bool:
+    return cfg.channels_last and cfg.spatial_dims == 2
 
 
 def final_stage(cfg: BCPConfig) -> str:
@@ -92,6 +98,7 @@ class BCPStageTask(TrainTask):
             concat_forwards=cfg.concat_forwards,
         )
         self._val_cases: list | None = None
+        self.out_dir: Path | None = None  # set by train_bcp; snapshots go to out_dir/snapshots
 
     def batches(self, start_iteration: int) -> Iterator[Any]:
         seed = self.cfg.seed + 7919 * self.rank + start_iteration
@@ -101,6 +108,8 @@ class BCPStageTask(TrainTask):
 
     def compute_loss(self, batch: Any, iteration: int) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch["image"].to(self.device, non_blocking=True)
+        if _channels_last(self.cfg):
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = batch["label"].to(self.device, non_blocking=True)
         if self.stage == SUPERVISED:
             return supervised_step(self.student, images, labels, self.opts)
@@ -123,6 +132,19 @@ class BCPStageTask(TrainTask):
 
     def config_dict(self) -> dict[str, Any]:
         return {**config_to_dict(self.cfg), "stage": self.stage}
+
+    def on_log(self, iteration: int, batch: Any) -> None:
+        every = self.cfg.snapshot_interval
+        if every <= 0 or iteration % every or self.out_dir is None:
+            return
+        images = batch["image"].to(self.device)
+        if _channels_last(self.cfg):
+            images = images.contiguous(memory_format=torch.channels_last)
+        save_mixed_snapshot(
+            self.out_dir / "snapshots" / f"it_{iteration:06d}.png", self.student, images, batch["label"].to(self.device),
+            teacher=self.teacher, labeled=self.cfg.labeled_batch_size, opts=self.opts, mask_ratio=self.cfg.mask_ratio,
+            class_names=class_names(self.cfg),
+        )
 
 
 def _optimizer(cfg: BCPConfig, net: nn.Module) -> torch.optim.Optimizer:
@@ -152,6 +174,13 @@ def train_bcp(
     """
     out, data_root = Path(out), Path(data_root)
     dist = init_distributed()
+    summary = _train(cfg, data_root, out, dist, resume=resume, progress=progress)
+    if dist.world_size > 1:  # on success only: after an error the other ranks would wait in the barrier forever
+        cleanup()
+    return summary
+
+
+def _train(cfg: BCPConfig, data_root: Path, out: Path, dist: DistInfo, *, resume: bool, progress: bool) -> dict[str, Any]:
     seed_everything(cfg.seed + dist.rank, deterministic=cfg.deterministic)
     device = resolve_device(cfg, dist)
     data = build_run_data(cfg, data_root)
@@ -163,6 +192,7 @@ def train_bcp(
 
     def run_stage(stage: str, student: nn.Module, opt: torch.optim.Optimizer, iterations: int, teacher=None):
         task = BCPStageTask(stage, cfg, data, data_root, student, opt, device, teacher=teacher, rank=dist.rank)
+        task.out_dir = out / stage
         result = Engine(task, out / stage, _engine_config(cfg, iterations, progress), dist=dist).run(resume=resume)
         summary["stages"][stage] = {
             "best_score": result.best_score,
