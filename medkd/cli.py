@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "train":
         api.bcp_train(args.config, args.data_root, args.out, overrides=args.set, resume=args.resume, progress=progress)
-        print(f"run written to {args.out}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+            print(f"run written to {args.out}")
     elif args.action == "eval":
         from medkd.metrics.seg import format_table
 

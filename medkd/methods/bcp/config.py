@@ -65,6 +65,7 @@ class BCPConfig:
         snapshot_interval: every N iterations (a multiple of ``log_interval``) save a PNG of a mixed input, its
             supervision and the student's prediction to ``RUN/<stage>/snapshots/``; 0 = never.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        tensorboard: also log scalars to ``RUN/<stage>/tensorboard`` (needs ``pip install "medkd[tensorboard]"``).
         channels_last: 2D networks and inputs in ``torch.channels_last`` memory format (faster convolutions on
             CPU and tensor cores; no effect on the numbers beyond float rounding).
     """
@@ -107,6 +108,7 @@ class BCPConfig:
     device: str = "auto"
     snapshot_interval: int = 0
     channels_last: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         dims = 2 if self.dataset == Dataset.ACDC else 3

@@ -153,7 +153,8 @@ def _optimizer(cfg: BCPConfig, net: nn.Module) -> torch.optim.Optimizer:
 
 def _engine_config(cfg: BCPConfig, iterations: int, progress: bool) -> EngineConfig:
     return EngineConfig(
-        max_iterations=iterations, val_interval=cfg.val_interval, log_interval=cfg.log_interval, progress=progress
+        max_iterations=iterations, val_interval=cfg.val_interval, log_interval=cfg.log_interval, progress=progress,
+        tensorboard=cfg.tensorboard,
     )
 
 
