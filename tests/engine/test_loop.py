@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ class SigintSGD(torch.optim.SGD):
     def step(self, closure=None):
         self.steps += 1
         if self.steps == self.at_step:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # synchronous, in this thread (os.kill may land on a torch thread)
         return super().step(closure)
 
 

@@ -21,10 +21,13 @@ __all__ = ["BCPConfig", "Dataset", "Method"]
 
 
 class Dataset(StrEnum):
-    """On-disk layouts BCP trains on: ACDC (SSL4MIS h5 slices, 2D) and LA (UA-MT h5 volumes, 3D)."""
+    """On-disk layouts BCP trains on: ACDC (SSL4MIS h5 slices, 2D), LA (UA-MT h5 volumes, 3D), and ``nifti``:
+    users' own 3D volumes from an MSD ``dataset.json`` or ``imagesTr/``+``labelsTr/`` folders (LA protocol,
+    volumes z-scored on the fly, arrays in SimpleITK's ``(z, y, x)`` order)."""
 
     ACDC = "acdc"
     LA = "la"
+    NIFTI = "nifti"
 
 
 class Method(StrEnum):
@@ -39,11 +42,12 @@ class BCPConfig:
     """Every setting of a BCP or supervised-baseline run.
 
     Args:
-        dataset: ``acdc`` (2D) or ``la`` (3D).
+        dataset: ``acdc`` (2D), ``la`` (3D) or ``nifti`` (3D, your own NIfTI datalist).
         method: ``bcp`` or ``supervised`` (labelled-only baseline, Dice+CE, no mixing).
         faithful: reproduce the reference code's quirks (spec §6) instead of the clean behaviour.
         net: registered network name (``medkd.nets.list_nets()``).
-        labeled: labelled patients (ACDC: 3 = 5%, 7 = 10%) or volumes (LA: 4 = 5%, 8 = 10%).
+        labeled: labelled patients (ACDC: 3 = 5%, 7 = 10%) or volumes (LA: 4 = 5%, 8 = 10%; nifti: the first
+            N training entries of the datalist).
         patch: training patch; ACDC slices are nearest-resized to it, LA volumes random-cropped.
         batch_size / labeled_batch_size: total batch and its labelled part (reference 24/12, LA 8/4).
         pretrain_iterations / selftrain_iterations: iterations of the two stages; the supervised
@@ -138,6 +142,8 @@ class BCPConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.dataset == Dataset.ACDC and self.val_split == "train_tail":
             raise ConfigError("val_split=train_tail is for LA; ACDC has val.list")
+        if self.dataset == Dataset.NIFTI and self.val_split not in ("auto", "train_tail"):
+            raise ConfigError("nifti datasets validate on the last val_from_train training entries (val_split=auto)")
         if self.faithful and self.dataset == Dataset.LA and tuple(self.patch) != (112, 112, 80):
             raise ConfigError(
                 "faithful LA reproduces the reference's box hard-coded for a 112x112x80 patch; "
@@ -171,7 +177,7 @@ class BCPConfig:
             return self.val_split
         if self.dataset == Dataset.ACDC:
             return "val"
-        return "test" if self.faithful else "train_tail"
+        return "test" if self.faithful and self.dataset == Dataset.LA else "train_tail"
 
     def resolved_teacher_train_mode(self) -> bool:
         """Faithful keeps the teacher in ``train()`` (dropout on, batch-stat BN); clean uses ``eval()``."""

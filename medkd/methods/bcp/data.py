@@ -14,6 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from medkd.data.acdc import ACDCSliceDataset, ACDCVolumeDataset, acdc_labeled_split, check_h5_headers
 from medkd.data.la import LAVolumeDataset, la_case_path, la_split, la_test_ids
+from medkd.data.nifti import NiftiSegDataset, load_datalist
 from medkd.data.sampler import TwoStreamBatchSampler, infinite_batches
 from medkd.data.transforms import acdc_train_transform, la_train_transform
 from medkd.errors import DataError
@@ -40,6 +41,8 @@ def build_run_data(cfg: BCPConfig, root: Path) -> RunData:
         DataError: missing folder, list or file; malformed h5; empty labelled set.
     """
     root = Path(root)
+    if cfg.dataset == DatasetName.NIFTI:
+        return _nifti_run_data(cfg, root)  # a dataset.json or a folder; load_datalist names what is missing
     if not root.is_dir():
         raise DataError(root, "data root is not a folder (see datasets/acdc/README.md or datasets/la/README.md)")
     val_split = cfg.resolved_val_split()
@@ -66,9 +69,48 @@ def build_run_data(cfg: BCPConfig, root: Path) -> RunData:
     )
 
 
+def zscore_image(item: dict) -> dict:
+    """Z-score the item's image per volume (raw NIfTI intensities -> the LA h5 convention)."""
+    image = item["image"]
+    std = image.std()
+    return {**item, "image": (image - image.mean()) / std if std > 0 else image * 0}
+
+
+def _nifti_split(cfg: BCPConfig, root: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    entries = [e for e in load_datalist(root, "training") if e.get("label")]
+    n_val = cfg.val_from_train
+    if cfg.labeled + n_val > len(entries):
+        raise DataError(root, f"{len(entries)} labelled training entries; need labeled={cfg.labeled} plus "
+                              f"val_from_train={n_val} validation entries")
+    train, val = entries[: len(entries) - n_val], entries[len(entries) - n_val :]
+    return train[: cfg.labeled], train[cfg.labeled :], val
+
+
+def _nifti_run_data(cfg: BCPConfig, root: Path) -> RunData:
+    labeled, unlabeled, _ = _nifti_split(cfg, root)
+    augment = la_train_transform(cfg.patch)
+
+    def tf(item: dict) -> dict:
+        return augment(zscore_image(item))
+
+    unlabeled = [{"image": e["image"]} for e in unlabeled]  # unlabelled: the labels are never read
+    return RunData(
+        NiftiSegDataset(labeled, tf, num_classes=cfg.num_classes),
+        NiftiSegDataset(unlabeled, lambda item: tf({**item, "label": torch.zeros(item["image"].shape[1:], dtype=torch.int64)})),
+        "train_tail",
+        None,
+    )
+
+
 def eval_cases(cfg: BCPConfig, root: Path, split: str, ids: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield ``(case, image, label)`` numpy volumes of a split: ACDC ``(S, H, W)``, LA ``(W, H, D)``."""
+    """Yield ``(case, image, label)`` numpy volumes of a split: ACDC ``(S, H, W)``, LA ``(W, H, D)``, NIfTI
+    ``(z, y, x)`` (``split``: ``val`` = the validation tail, else a datalist split such as ``training``)."""
     root = Path(root)
+    if cfg.dataset == DatasetName.NIFTI:
+        entries = _nifti_split(cfg, root)[2] if split in ("val", "train_tail") else load_datalist(root, split)
+        for item in NiftiSegDataset([e for e in entries if e.get("label")], zscore_image, num_classes=cfg.num_classes):
+            yield item["case"], _np(item["image"])[0], _np(item["label"])
+        return
     if cfg.dataset == DatasetName.ACDC:
         for item in ACDCVolumeDataset(root, split, num_classes=cfg.num_classes):
             yield item["case"], np.asarray(item["image"]), np.asarray(item["label"])

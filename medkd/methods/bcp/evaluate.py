@@ -24,11 +24,12 @@ __all__ = ["predict_case", "validation_dice", "evaluate_cases", "class_names"]
 
 def class_names(cfg: BCPConfig) -> list[str]:
     """Foreground class names of the run's dataset."""
+    names: list[str] = []
     if cfg.dataset == DatasetName.ACDC:
         from medkd.data.acdc import ACDC_CLASSES
 
         names = list(ACDC_CLASSES)
-    else:
+    elif cfg.dataset == DatasetName.LA:
         from medkd.data.la import LA_CLASSES
 
         names = list(LA_CLASSES)

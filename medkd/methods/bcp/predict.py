@@ -16,7 +16,7 @@ from medkd.config import config_from_dict
 from medkd.engine.checkpoint import load_checkpoint
 from medkd.errors import DataError
 from medkd.io.volume_io import list_inputs, output_name, read_volume, write_mask_like
-from medkd.methods.bcp.config import BCPConfig
+from medkd.methods.bcp.config import BCPConfig, Dataset
 from medkd.methods.bcp.evaluate import predict_case
 from medkd.methods.bcp.trainer import build_student, final_stage, resolve_device
 
@@ -73,7 +73,8 @@ def normalise(array: np.ndarray, mode: str) -> np.ndarray:
 def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.ndarray:
     """Label map ``(z, y, x)`` of a volume ``(z, y, x)`` as read by SimpleITK.
 
-    2D runs segment each z slice; 3D runs see the volume as ``(x, y, z)``, the LA h5 layout.
+    2D runs segment each z slice; LA runs see the volume as ``(x, y, z)``, the LA h5 layout; NIfTI-datalist
+    runs were trained on ``(z, y, x)`` arrays and see it as read.
     """
     device = next(model.parameters()).device
     if array.ndim == 2:
@@ -81,7 +82,7 @@ def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.nda
     if array.ndim != 3:
         raise ValueError(f"expected a 2D image or a 3D volume, got shape {array.shape}")
     image = normalise(array, cfg.intensity)
-    if cfg.spatial_dims == 2:
+    if cfg.spatial_dims == 2 or cfg.dataset == Dataset.NIFTI:
         return predict_case(model, image, cfg, device)
     return predict_case(model, image.transpose(2, 1, 0), cfg, device).transpose(2, 1, 0)
 

@@ -85,6 +85,26 @@ def test_2d_eval_json_and_predict(run_2d, acdc_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_on_a_real_dicom_series_keeps_its_geometry(run_2d, tmp_path):
+    """The CT series shipped inside pydicom (dicomdirtests), segmented slice by slice by a 2D run."""
+    import shutil
+
+    import SimpleITK as sitk
+    from pydicom.data import get_testdata_file
+
+    series = Path(get_testdata_file("dicomdirtests/77654033/CT2/17106")).parent
+    folder = tmp_path / "ct_series"
+    shutil.copytree(series, folder)
+    [out] = api.bcp_predict(run_2d, folder, tmp_path / "pred")
+    assert out.name == "ct_series_seg.nii.gz"
+    reader = sitk.ImageSeriesReader()
+    ref = sitk.ReadImage(reader.GetGDCMSeriesFileNames(str(folder)))
+    mask = sitk.ReadImage(str(out))
+    assert mask.GetSize() == ref.GetSize()
+    assert mask.GetSpacing() == pytest.approx(ref.GetSpacing()) and mask.GetOrigin() == pytest.approx(ref.GetOrigin())
+
+
+@pytest.mark.slow
 def test_supervised_baseline_uses_the_same_loop(acdc_root, tmp_path):
     api.bcp_train(APPS / "cpu_2d.yaml", acdc_root, tmp_path, overrides=SMALL_2D + ["method=supervised"], progress=False)
     ckpt = load_checkpoint(tmp_path / "supervised" / "last.pt")
@@ -156,3 +176,37 @@ def test_unlabeled_ground_truth_never_enters_the_loss(acdc_root):
     np.random.seed(5)
     loss_c, _ = task.compute_loss(scrambled, 1)
     assert float(loss_c.detach()) != float(loss_a.detach())
+
+
+@pytest.mark.slow
+def test_users_own_nifti_datalist_trains_evaluates_and_predicts(tmp_path):
+    import SimpleITK as sitk
+
+    from medkd.data.synthetic import write_synthetic_nifti
+
+    root = write_synthetic_nifti(tmp_path / "msd", n=6, shape=(32, 48, 48), seed=0, msd=True)
+    overrides = ["patch=[16, 32, 32]", "sliding_stride=[8, 16, 16]", "net=bcp_vnet_small", "labeled=2",
+                 "val_from_train=2", "batch_size=4", "labeled_batch_size=2", "pretrain_iterations=4",
+                 "selftrain_iterations=4", "val_interval=4", "num_workers=0", "snapshot_interval=0"]
+    run = tmp_path / "run"
+    api.bcp_train(APPS / "nifti_3d.yaml", root / "dataset.json", run, overrides=overrides, progress=False)
+    assert load_checkpoint(run / "selftrain" / "last.pt")["iteration"] == 4
+    summary = api.bcp_eval(run, root / "dataset.json", split="val", progress=False)
+    assert len(summary["cases"]) == 2 and set(summary["per_class"]) == {"class_1"}
+    image = next((root / "imagesTr").iterdir())
+    [mask] = api.bcp_predict(run, image, tmp_path / "pred.nii.gz")
+    ref, out = sitk.ReadImage(str(image)), sitk.ReadImage(str(mask))
+    assert out.GetSize() == ref.GetSize() and out.GetDirection() == pytest.approx(ref.GetDirection())
+
+
+def test_nifti_datalist_too_small_is_a_clear_error(tmp_path):
+    from medkd.config import load_config
+    from medkd.data.synthetic import write_synthetic_nifti
+    from medkd.errors import DataError
+    from medkd.methods.bcp.config import BCPConfig
+    from medkd.methods.bcp.data import build_run_data
+
+    root = write_synthetic_nifti(tmp_path / "msd", n=3, shape=(16, 16, 16), seed=0)
+    cfg = load_config(BCPConfig, APPS / "nifti_3d.yaml", ["labeled=2", "val_from_train=2"])
+    with pytest.raises(DataError, match="need labeled=2 plus val_from_train=2"):
+        build_run_data(cfg, root)
