@@ -79,9 +79,10 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "kwargs, ema, policy, val, teacher_train, restore",
     [
-        (dict(dataset="acdc"), "state_dict", "worst", "val", False, True),
+        (dict(dataset="acdc"), "state_dict", "worst", "val", True, True),
+        (dict(dataset="acdc", teacher_train_mode="false"), "state_dict", "worst", "val", False, True),
         (dict(dataset="acdc", faithful=True), "state_dict", "bcp_zero", "val", True, True),
-        (dict(dataset="la", patch=(112, 112, 80), num_classes=2), "state_dict", "worst", "train_tail", False, False),
+        (dict(dataset="la", patch=(112, 112, 80), num_classes=2), "state_dict", "worst", "train_tail", True, False),
         (dict(dataset="la", patch=(112, 112, 80), num_classes=2, faithful=True), "params", "bcp_zero", "test", True, False),
     ],
 )
