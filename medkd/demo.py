@@ -87,9 +87,9 @@ def run_demo(out: str | Path = "demo_output", *, quick: bool = False, progress: 
     masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for name, p in predictions.items()}
     z = int(np.argmax((label > 0).sum(axis=(1, 2))))
     from medkd.methods.bcp.evaluate import class_names
-    from medkd.methods.bcp.predict import load_run
+    from medkd.methods.bcp.predict import load_run_config
 
-    cfg, _ = load_run(runs["bcp"])
+    cfg = load_run_config(runs["bcp"])
     overlay = save_overlay_png(
         image[z],
         {"ground truth": label[z], "BCP": masks["bcp"][z], "supervised only": masks["supervised"][z]},

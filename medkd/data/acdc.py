@@ -176,18 +176,11 @@ def read_h5_pair(path: Path, ndim: int, num_classes: int) -> tuple[np.ndarray, n
         raise DataError(path, "file not found")
     try:
         with h5py.File(path, "r") as f:
-            for key in (Keys.IMAGE, Keys.LABEL):
-                if key not in f:
-                    raise DataError(path, f"missing key {str(key)!r} (found {sorted(f.keys())})")
+            _check_header(f, path, ndim)
             image = np.asarray(f[Keys.IMAGE][()])
             label = np.asarray(f[Keys.LABEL][()])
     except OSError as exc:
         raise DataError(path, f"unreadable h5 file ({exc})") from exc
-    for key, arr in ((Keys.IMAGE, image), (Keys.LABEL, label)):
-        if arr.ndim != ndim:
-            raise DataError(path, f"{str(key)!r} must be {ndim}D, got shape {arr.shape}")
-    if image.shape != label.shape:
-        raise DataError(path, f"image shape {image.shape} differs from label shape {label.shape}")
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise DataError(path, f"labels must lie in [0, {num_classes}), found [{label.min()}, {label.max()}]")
     if not np.issubdtype(label.dtype, np.integer):
@@ -208,17 +201,22 @@ def check_h5_headers(paths: Sequence[Path], ndim: int) -> None:
     for path in paths:
         try:
             with h5py.File(path, "r") as f:
-                missing = [str(k) for k in (Keys.IMAGE, Keys.LABEL) if k not in f]
-                if missing:
-                    raise DataError(path, f"missing key {missing[0]!r} (found {sorted(f.keys())})")
-                shapes = {str(k): f[k].shape for k in (Keys.IMAGE, Keys.LABEL)}
+                _check_header(f, path, ndim)
         except OSError as exc:
             raise DataError(path, f"unreadable h5 file ({exc})") from exc
-        for key, shape in shapes.items():
-            if len(shape) != ndim:
-                raise DataError(path, f"{key!r} must be {ndim}D, got shape {shape}")
-        if shapes["image"] != shapes["label"]:
-            raise DataError(path, f"image shape {shapes['image']} differs from label shape {shapes['label']}")
+
+
+def _check_header(f: h5py.File, path: Path, ndim: int) -> None:
+    """Keys ``image``/``label`` present, ``ndim``-D, equal shapes: read from the datasets' headers only."""
+    for key in (Keys.IMAGE, Keys.LABEL):
+        if key not in f:
+            raise DataError(path, f"missing key {str(key)!r} (found {sorted(f.keys())})")
+    shapes = {str(key): tuple(f[key].shape) for key in (Keys.IMAGE, Keys.LABEL)}
+    for key, shape in shapes.items():
+        if len(shape) != ndim:
+            raise DataError(path, f"{key!r} must be {ndim}D, got shape {shape}")
+    if shapes["image"] != shapes["label"]:
+        raise DataError(path, f"image shape {shapes['image']} differs from label shape {shapes['label']}")
 
 
 class ACDCSliceDataset(Dataset):

@@ -16,7 +16,8 @@ from medkd.metrics.seg import (
     summarize_cases,
     write_cases_csv,
 )
-from medkd.metrics.seg_inference import exact_overlaps, largest_component, predict_slices_2d, predict_sliding_3d
+from medkd.metrics.components import largest_component, largest_component_per_sample
+from medkd.metrics.seg_inference import exact_overlaps, predict_slices_2d, predict_sliding_3d
 
 __all__ = [
     "METRIC_KEYS",
@@ -29,5 +30,6 @@ __all__ = [
     "predict_slices_2d",
     "predict_sliding_3d",
     "largest_component",
+    "largest_component_per_sample",
     "exact_overlaps",
 ]

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from scipy.ndimage import generate_binary_structure, label, zoom
+from scipy.ndimage import zoom
 from torch import nn
+
+from medkd.metrics.components import largest_component
 
 __all__ = ["predict_slices_2d", "predict_sliding_3d", "largest_component", "exact_overlaps"]
 
@@ -133,30 +135,6 @@ def exact_overlaps(patch: Sequence[int], stride: Sequence[int]) -> tuple[float, 
             raise ValueError(f"no overlap reproduces stride {s} for window {p}")
         overlaps.append(overlap)
     return tuple(overlaps)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest connected component of a binary mask (the reference ``getLargestCC``).
-
-    Components use full connectivity (8 in 2D, 26 in 3D), scikit-image ``label``'s default; on a tie the component
-    met first in raster order wins, as ``argmax`` over scikit-image's labels does. An empty mask stays empty.
-
-    Args:
-        mask: array of any dimension; nonzero is foreground.
-
-    Returns:
-        Same shape and dtype as ``mask``; voxels outside the kept component set to 0, the others unchanged.
-
-    Example:
-        >>> largest_component(np.array([1, 1, 0, 1], np.uint8))
-        array([1, 1, 0, 0], dtype=uint8)
-    """
-    mask = np.asarray(mask)
-    components, count = label(mask != 0, structure=generate_binary_structure(mask.ndim, mask.ndim))
-    if count <= 1:
-        return mask.copy()
-    keep = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-    return np.where(components == keep, mask, np.zeros((), dtype=mask.dtype))
 
 
 def _labels_from_probs(probs: np.ndarray, keep_largest: bool) -> np.ndarray:

@@ -21,7 +21,7 @@ from medkd.errors import DataError
 from medkd.methods.bcp.config import BCPConfig
 from medkd.methods.bcp.config import Dataset as DatasetName
 
-__all__ = ["RunData", "build_run_data", "eval_cases", "labeled_loader", "two_stream_loader"]
+__all__ = ["RunData", "build_run_data", "eval_cases", "labeled_loader", "normalise", "two_stream_loader", "zscore_image"]
 
 
 @dataclass
@@ -69,11 +69,19 @@ def build_run_data(cfg: BCPConfig, root: Path) -> RunData:
     )
 
 
+def normalise(array: np.ndarray, mode: str) -> np.ndarray:
+    """Training-time intensity normalisation per volume: ``minmax`` to [0, 1] (ACDC) or ``zscore`` (LA, NIfTI)."""
+    array = array.astype(np.float32, copy=False)
+    if mode == "minmax":
+        lo, hi = float(array.min()), float(array.max())
+        return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    std = float(array.std())
+    return (array - float(array.mean())) / std if std > 0 else np.zeros_like(array)
+
+
 def zscore_image(item: dict) -> dict:
-    """Z-score the item's image per volume (raw NIfTI intensities -> the LA h5 convention)."""
-    image = item["image"]
-    std = image.std()
-    return {**item, "image": (image - image.mean()) / std if std > 0 else image * 0}
+    """Z-score the item's image tensor per volume (raw NIfTI intensities -> the LA h5 convention)."""
+    return {**item, "image": torch.from_numpy(normalise(_np(item["image"]), "zscore"))}
 
 
 def _nifti_split(cfg: BCPConfig, root: Path) -> tuple[list[dict], list[dict], list[dict]]:

@@ -17,10 +17,11 @@ from medkd.engine.checkpoint import load_checkpoint
 from medkd.errors import DataError
 from medkd.io.volume_io import list_inputs, output_name, read_volume, write_mask_like
 from medkd.methods.bcp.config import BCPConfig, Dataset
+from medkd.methods.bcp.data import normalise
 from medkd.methods.bcp.evaluate import predict_case
 from medkd.methods.bcp.trainer import build_student, final_stage, resolve_device
 
-__all__ = ["load_run", "checkpoint_path", "normalise", "segment_array", "predict_paths"]
+__all__ = ["load_run", "load_run_config", "checkpoint_path", "segment_array", "predict_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,18 @@ def checkpoint_path(run: str | Path, cfg: BCPConfig, which: str = "best", stage:
     raise DataError(stage_dir, f"no {which}.pt checkpoint: train the run first (medkd bcp train ... --out {run})")
 
 
+def load_run_config(run: str | Path) -> BCPConfig:
+    """The config a run was trained with (``RUN/config.yaml``), without loading any weights.
+
+    Raises:
+        DataError: the folder is not a medkd run.
+    """
+    cfg_file = Path(run) / "config.yaml"
+    if not cfg_file.is_file():
+        raise DataError(run, "not a medkd run folder (config.yaml is missing)")
+    return config_from_dict(BCPConfig, yaml.safe_load(cfg_file.read_text()) or {}, source=str(cfg_file))
+
+
 def load_run(
     run: str | Path, which: str = "best", device: str | torch.device | None = None, *, stage: str | None = None
 ) -> tuple[BCPConfig, nn.Module]:
@@ -48,26 +61,12 @@ def load_run(
     Raises:
         DataError: the folder is not a medkd BCP run, or its checkpoint is missing/corrupt.
     """
-    run = Path(run)
-    cfg_file = run / "config.yaml"
-    if not cfg_file.is_file():
-        raise DataError(run, "not a medkd run folder (config.yaml is missing)")
-    cfg = config_from_dict(BCPConfig, yaml.safe_load(cfg_file.read_text()) or {}, source=str(cfg_file))
+    cfg = load_run_config(run)
     state = load_checkpoint(checkpoint_path(run, cfg, which, stage))
     model = build_student(cfg)
     model.load_state_dict(state["student"])
     dev = torch.device(device) if device is not None else resolve_device(cfg)
     return cfg, model.to(dev).eval()
-
-
-def normalise(array: np.ndarray, mode: str) -> np.ndarray:
-    """Training-time intensity normalisation: ``minmax`` to [0, 1] (ACDC) or ``zscore`` (LA)."""
-    array = array.astype(np.float32, copy=False)
-    if mode == "minmax":
-        lo, hi = float(array.min()), float(array.max())
-        return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
-    std = float(array.std())
-    return (array - float(array.mean())) / std if std > 0 else np.zeros_like(array)
 
 
 def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.ndarray:
