@@ -34,6 +34,7 @@ from monai.utils import convert_to_tensor
 from medkd.keys import Keys
 
 __all__ = [
+    "normalise_intensity",
     "rot90_flip",
     "rotate_nearest",
     "resize_nearest",
@@ -60,6 +61,23 @@ _KEYS = (Keys.IMAGE.value, Keys.LABEL.value)
 
 
 # --- array layer: deterministic functions on the trailing spatial axes ---------------------------------
+
+
+def normalise_intensity(array: np.ndarray, mode: str) -> np.ndarray:
+    """Per-volume intensity normalisation, float32: ``minmax`` to [0, 1] (ACDC) or ``zscore`` (LA, NIfTI).
+
+    Example:
+        >>> normalise_intensity(np.array([2.0, 4.0, 6.0]), "minmax").tolist()
+        [0.0, 0.5, 1.0]
+    """
+    if mode not in ("minmax", "zscore"):
+        raise ValueError(f"intensity normalisation must be 'minmax' or 'zscore', got {mode!r}")
+    array = np.asarray(array).astype(np.float32, copy=False)
+    if mode == "minmax":
+        lo, hi = float(array.min()), float(array.max())
+        return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    std = float(array.std())
+    return (array - float(array.mean())) / std if std > 0 else np.zeros_like(array)
 
 
 def rot90_flip(x: torch.Tensor, k: int, flip_axis: int, spatial_dims: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from medkd.data.la import LAVolumeDataset, la_case_path, la_split, la_test_ids
 from medkd.data.nifti import NiftiSegDataset, load_datalist
 from medkd.data.sampler import TwoStreamBatchSampler, infinite_batches
 from medkd.data.transforms import acdc_train_transform, la_train_transform
+from medkd.data.transforms import normalise_intensity as normalise
 from medkd.errors import DataError
 from medkd.methods.bcp.config import BCPConfig
 from medkd.methods.bcp.config import Dataset as DatasetName
@@ -67,16 +68,6 @@ def build_run_data(cfg: BCPConfig, root: Path) -> RunData:
         val_split,
         val if val_split == "train_tail" else None,
     )
-
-
-def normalise(array: np.ndarray, mode: str) -> np.ndarray:
-    """Training-time intensity normalisation per volume: ``minmax`` to [0, 1] (ACDC) or ``zscore`` (LA, NIfTI)."""
-    array = array.astype(np.float32, copy=False)
-    if mode == "minmax":
-        lo, hi = float(array.min()), float(array.max())
-        return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
-    std = float(array.std())
-    return (array - float(array.mean())) / std if std > 0 else np.zeros_like(array)
 
 
 def zscore_image(item: dict) -> dict:

@@ -17,11 +17,15 @@ from medkd.engine.checkpoint import load_checkpoint
 from medkd.errors import DataError
 from medkd.io.volume_io import list_inputs, output_name, read_volume, write_mask_like
 from medkd.methods.bcp.config import BCPConfig, Dataset
-from medkd.methods.bcp.data import normalise
-from medkd.methods.bcp.evaluate import predict_case
+from medkd.engine.predictor import Predictor, SegmentationSpec, file_sha256
+from medkd.io.labels import labels_from_names
+from medkd.methods.bcp.evaluate import class_names
 from medkd.methods.bcp.trainer import build_student, final_stage, resolve_device
 
-__all__ = ["load_run", "load_run_config", "checkpoint_path", "segment_array", "predict_paths"]
+__all__ = [
+    "load_run", "load_run_config", "checkpoint_path", "segmentation_spec", "segment_array", "run_predictor",
+    "predict_paths",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +73,40 @@ def load_run(
     return cfg, model.to(dev).eval()
 
 
-def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.ndarray:
-    """Label map ``(z, y, x)`` of a volume ``(z, y, x)`` as read by SimpleITK.
+def segmentation_spec(cfg: BCPConfig) -> SegmentationSpec:
+    """The run's inference recipe: ACDC slice by slice (min-max), LA/NIfTI by sliding window (z-score).
 
-    2D runs segment each z slice; LA runs see the volume as ``(x, y, z)``, the LA h5 layout; NIfTI-datalist
-    runs were trained on ``(z, y, x)`` arrays and see it as read.
+    LA runs see a ``(z, y, x)`` volume as ``(x, y, z)``, the LA h5 layout; NIfTI-datalist runs were trained on
+    ``(z, y, x)`` arrays and see it as read.
     """
-    device = next(model.parameters()).device
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise ValueError(f"expected a 2D image or a 3D volume, got shape {array.shape}")
-    image = normalise(array, cfg.intensity)
-    if cfg.spatial_dims == 2 or cfg.dataset == Dataset.NIFTI:
-        return predict_case(model, image, cfg, device)
-    return predict_case(model, image.transpose(2, 1, 0), cfg, device).transpose(2, 1, 0)
+    if cfg.dataset == Dataset.ACDC:
+        return SegmentationSpec(
+            "slices_2d", cfg.num_classes, tuple(cfg.patch), cfg.intensity, "zyx", batch_size=cfg.eval_batch_size
+        )
+    return SegmentationSpec(
+        "sliding_3d", cfg.num_classes, tuple(cfg.patch), cfg.intensity, "xyz" if cfg.dataset == Dataset.LA else "zyx",
+        stride=tuple(cfg.sliding_stride),
+    )
+
+
+def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.ndarray:
+    """Label map ``(z, y, x)`` of a volume ``(z, y, x)`` as read by SimpleITK (see :func:`segmentation_spec`)."""
+    return segmentation_spec(cfg).segment(model, array)
+
+
+def run_predictor(
+    run: str | Path, which: str = "best", device: str | torch.device | None = None, *, stage: str | None = None
+) -> Predictor:
+    """A :class:`~medkd.engine.predictor.Predictor` for a run's final (or ``stage``'s) student."""
+    cfg, model = load_run(run, which, device, stage=stage)
+    spec = segmentation_spec(cfg)
+    ckpt = checkpoint_path(run, cfg, which, stage)
+    return Predictor(
+        kind="segmentation", name=Path(run).resolve().name, version=f"run:{ckpt.parent.name}/{ckpt.stem}",
+        weights_sha256=file_sha256(ckpt), labels=labels_from_names(class_names(cfg)),
+        run=lambda array: spec.segment(model, array), source=Path(run), spec=spec,
+        metadata={"method": cfg.method.value, "dataset": cfg.dataset.value, "net": cfg.net},
+    )
 
 
 def predict_paths(
