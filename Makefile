@@ -10,7 +10,7 @@ VENV      ?= $(VENV_ROOT)/$(shell sha256sum pyproject.toml | cut -c1-16)
 PY        := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install system-deps demo test test-fast bench lint clean
 
 install: $(VENV)/.ready
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -25,17 +25,27 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Debian tools the tests use: dciodvfy (package dicom3tools) validates every DICOM SEG/SR medkd writes.
+# Installed with apt when missing (as root, or with passwordless sudo); otherwise those tests skip with the reason.
+system-deps:
+	@command -v dciodvfy >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian dicom3tools (dciodvfy) for the DICOM tests"; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dicom3tools >/dev/null ) \
+	  || echo "warning: could not install dicom3tools; the dciodvfy checks will be skipped"; }
+
 demo: install
 	$(VENV)/bin/medkd demo --out demo_output
 
-test: install
+test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install system-deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/bcp_synthetic.py
+	$(PY) bench/dicom_pipeline.py
 
 clean:
 	rm -rf demo_output .pytest_cache .venv

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bcp_train", "bcp_eval", "bcp_predict", "demo"]
+__all__ = [
+    "bcp_train", "bcp_eval", "bcp_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "demo",
+]
 
 
 def bcp_train(
@@ -82,8 +84,60 @@ def bcp_predict(run: str | Path, input: str | Path, output: str | Path, *, check
     return predict_paths(run, input, output, checkpoint=checkpoint)
 
 
-def demo(out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Synthetic data -> BCP and supervised baseline -> evaluation -> prediction and overlay; see :mod:`medkd.demo`."""
+def pipeline_run(
+    pipeline: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    workers: int | None = None,
+    shard: str | None = None,
+    model: str | Path | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Any:
+    """Run a DICOM pipeline YAML over a folder tree; returns the :class:`~medkd.engine.batch.PipelineSummary`."""
+    from medkd.engine.batch import run_pipeline
+
+    return run_pipeline(pipeline, input, output, workers=workers, shard=shard, model=model, device=device,
+                        overwrite=overwrite, progress=progress)
+
+
+def bundle_export(
+    run: str | Path,
+    output: str | Path,
+    *,
+    checkpoint: str = "best",
+    stage: str | None = None,
+    version: str = "0.1.0",
+    torchscript: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Export a run's student as a MONAI bundle folder; see :func:`medkd.bundle.export_bundle`."""
+    from medkd.bundle import export_bundle
+
+    return export_bundle(run, output, checkpoint=checkpoint, stage=stage, version=version, torchscript=torchscript,
+                         overwrite=overwrite)
+
+
+def bundle_verify(bundle: str | Path, *, schema: str | Path | None = None) -> list[Any]:
+    """Check a bundle (files, metadata schema, network in/out, dependencies); one result per check."""
+    from medkd.bundle import verify_bundle
+
+    return verify_bundle(bundle, schema=schema)
+
+
+def bundle_info(bundle: str | Path) -> str:
+    """What a bundle is for and how to run it, as text."""
+    from medkd.bundle import bundle_info as info
+
+    return info(bundle)
+
+
+def demo(
+    out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True, models: str | Path | None = None
+) -> dict[str, Any]:
+    """Synthetic data -> BCP vs supervised -> evaluation, overlay, MONAI bundle, DICOM SEG; see :mod:`medkd.demo`."""
     from medkd.demo import run_demo
 
-    return run_demo(out, quick=quick, progress=progress)
+    return run_demo(out, quick=quick, progress=progress, models=models)

@@ -5,7 +5,10 @@
 2. trains BCP and the supervised-only baseline with ``apps/bcp/cpu_2d.yaml`` (5% labels by patient);
 3. evaluates both on the test list (Dice, Jaccard, HD95, ASD);
 4. segments a NIfTI volume with the BCP run and draws an overlay PNG of ground truth, BCP and baseline;
-5. prints where everything is.
+5. exports the BCP run as a MONAI bundle (``models/demo_acdc_bcp``, listed in ``models/zoo.yaml``);
+6. writes the test case as a DICOM MR series next to a CT series, and runs the DICOM pipeline
+   ``pipelines/acdc_cine_mr.yaml`` with the bundle: DICOM SEG, NIfTI mask and volumes for the MR series only;
+7. prints where everything is.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo", "preset_path"]
+__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE"]
+
+#: name of the bundle the demo exports (``models/zoo.yaml`` lists it)
+DEMO_BUNDLE = "demo_acdc_bcp"
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +34,30 @@ QUICK_OVERRIDES = [
 ]
 
 
-def preset_path(name: str) -> Path:
-    """Path of a preset shipped in the repository's ``apps/`` folder, e.g. ``bcp/cpu_2d.yaml``."""
-    path = Path(__file__).resolve().parents[1] / "apps" / name
+def repo_file(relative: str) -> Path:
+    """A file shipped in the medkd source checkout (``apps/...``, ``pipelines/...``)."""
+    path = Path(__file__).resolve().parents[1] / relative
     if not path.is_file():
         from medkd.errors import ConfigError
 
-        raise ConfigError(f"{path}: preset not found (run the demo from a medkd source checkout)")
+        raise ConfigError(f"{path}: not found (run the demo from a medkd source checkout)")
     return path
+
+
+def preset_path(name: str) -> Path:
+    """Path of a preset shipped in the repository's ``apps/`` folder, e.g. ``bcp/cpu_2d.yaml``."""
+    return repo_file(f"apps/{name}")
+
+
+def _write_dicom_inputs(image: np.ndarray, folder: Path) -> Path:
+    """The test case as a cine-MR DICOM series, plus a CT series the pipeline's rules leave out."""
+    from medkd.data.synthetic_dicom import write_dicom_series
+
+    write_dicom_series(folder / "patient1" / "cine_sax", pixels=np.round(image * 1000), modality="MR",
+                       series_description="Synthetic cine SAX", pixel_spacing=(1.5, 1.5), slice_spacing=10.0)
+    write_dicom_series(folder / "patient1" / "ct_chest", n_slices=6, rows=32, cols=32, seed=1,
+                       series_description="Synthetic chest CT")
+    return folder
 
 
 def _write_nifti_case(data_root: Path, out_dir: Path) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -53,8 +75,16 @@ def _write_nifti_case(data_root: Path, out_dir: Path) -> tuple[Path, np.ndarray,
     return path, image, label
 
 
-def run_demo(out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out``; returns (and writes to ``out/demo_summary.json``) the figures and paths."""
+def run_demo(
+    out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True, models: str | Path | None = None
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns (and writes to ``out/demo_summary.json``) the figures and paths.
+
+    Args:
+        models: where the bundle goes (default ``$MEDKD_MODELS``, else ``models/``).
+    """
+    import os
+
     import SimpleITK as sitk
 
     from medkd import api
@@ -66,7 +96,7 @@ def run_demo(out: str | Path = "demo_output", *, quick: bool = False, progress: 
     started = time.perf_counter()
     data_root = out / "data" / "acdc"
     sizes = dict(n_train=8, n_val=2, n_test=2) if quick else dict(n_train=40, n_val=6, n_test=10)
-    logger.info("1/4 writing synthetic ACDC-layout data to %s", data_root)
+    logger.info("1/6 writing synthetic ACDC-layout data to %s", data_root)
     write_synthetic_acdc(data_root, **sizes, seed=0)
 
     preset = preset_path("bcp/cpu_2d.yaml")
@@ -74,14 +104,14 @@ def run_demo(out: str | Path = "demo_output", *, quick: bool = False, progress: 
     runs = {"bcp": out / "runs" / "bcp", "supervised": out / "runs" / "supervised"}
     metrics: dict[str, Any] = {}
     for name, run in runs.items():
-        logger.info("2/4 training %s (%s)", name, preset)
+        logger.info("2/6 training %s (%s)", name, preset)
         overrides = extra + (["method=supervised"] if name == "supervised" else [])
         api.bcp_train(preset, data_root, run, overrides=overrides, resume=True, progress=progress)
-        logger.info("3/4 evaluating %s on the test list", name)
+        logger.info("3/6 evaluating %s on the test list", name)
         metrics[name] = api.bcp_eval(run, data_root, split="test", json=run / "metrics_test.json", progress=progress)
         print(f"\n{name}:\n{format_table(metrics[name])}")
 
-    logger.info("4/4 segmenting a NIfTI volume and drawing the overlay")
+    logger.info("4/6 segmenting a NIfTI volume and drawing the overlay")
     nifti, image, label = _write_nifti_case(data_root, out / "inputs")
     predictions = {name: api.bcp_predict(run, nifti, out / "predictions" / name)[0] for name, run in runs.items()}
     masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for name, p in predictions.items()}
@@ -97,8 +127,20 @@ def run_demo(out: str | Path = "demo_output", *, quick: bool = False, progress: 
         class_names=class_names(cfg),
         title=f"{nifti.name}, slice {z}",
     )
+    logger.info("5/6 exporting the BCP run as a MONAI bundle")
+    models_dir = Path(models or os.environ.get("MEDKD_MODELS", "models"))
+    bundle = api.bundle_export(runs["bcp"], models_dir / DEMO_BUNDLE, overwrite=True)
+    logger.info("6/6 running the DICOM pipeline on a synthetic cine-MR series")
+    dicom_in = _write_dicom_inputs(image, out / "dicom_in")
+    pipeline = api.pipeline_run(repo_file("pipelines/acdc_cine_mr.yaml"), dicom_in, out / "dicom_out", model=bundle,
+                                workers=0, progress=progress)
+    segs = sorted(str(out / "dicom_out" / o) for r in pipeline.rows if r.kind == "series" for o in r.outputs
+                  if o.endswith("seg.dcm"))
     summary = {
         "data": str(data_root),
+        "bundle": str(bundle),
+        "dicom_seg": segs,
+        "pipeline_report": str(pipeline.report_csv),
         "runs": {k: str(v) for k, v in runs.items()},
         "test_dice": {k: m["mean"]["dice"] for k, m in metrics.items()},
         "test_metrics": {k: m["mean"] for k, m in metrics.items()},
@@ -117,6 +159,9 @@ def run_demo(out: str | Path = "demo_output", *, quick: bool = False, progress: 
         f"  metrics        : {runs['bcp'] / 'metrics_test.json'}\n"
         f"  prediction     : {predictions['bcp']}\n"
         f"  overlay        : {overlay}\n"
+        f"  MONAI bundle   : {bundle}  (medkd bundle info {bundle})\n"
+        f"  DICOM SEG      : {segs[0] if segs else 'none written, see the report'}\n"
+        f"  pipeline report: {pipeline.report_csv}\n"
         f"  summary        : {out / 'demo_summary.json'}"
     )
     return summary

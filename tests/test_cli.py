@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,11 @@ def test_unknown_net_name_suggests_close_matches(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
-    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
+    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--models", str(tmp_path / "models"), "--quick"]) == 0
     out = capsys.readouterr().out
     assert "overlay" in out and (tmp_path / "demo" / "overlay.png").is_file()
-    assert (tmp_path / "demo" / "demo_summary.json").is_file()
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert (tmp_path / "models" / "demo_acdc_bcp" / "configs" / "metadata.json").is_file()
+    assert len(summary["dicom_seg"]) == 1 and Path(summary["dicom_seg"][0]).is_file()  # the MR series only
+    report = (tmp_path / "demo" / "dicom_out" / "medkd_report.csv").read_text()
+    assert "processed" in report and "not_selected" in report  # the CT series is left out by the rules

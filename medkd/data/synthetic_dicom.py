@@ -83,6 +83,8 @@ def write_dicom_series(
     odd_shape_slice: int | None = None,
     truncate_slice: int | None = None,
     shuffle_names: bool = True,
+    pixels: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> SyntheticSeries:
     """Write one series, a file per slice, into ``folder``; see the module docstring for the options.
 
@@ -92,6 +94,8 @@ def write_dicom_series(
         odd_shape_slice: write this slice with 2 fewer columns (``inconsistent_shape``).
         truncate_slice: cut this file's pixel data in half (``truncated``).
         shuffle_names: name files in a scrambled order, so readers must sort by position, not by name.
+        pixels: your own stored values ``(slices, rows, cols)`` (0..4095) instead of the phantom (sets the shape);
+            ``mask`` is then returned as given (or all zero).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
@@ -101,9 +105,14 @@ def write_dicom_series(
     rng = np.random.default_rng(seed)
     study_uid = study_uid or _uid("study", rng)
     series_uid, for_uid = _uid("series", rng), _uid("for", rng)
-    pixels_hu, mask = phantom_volume(n_slices, rows, cols, seed=seed)
     ct = modality.upper() == "CT"
-    stored = (pixels_hu.astype(np.int32) + 1024).astype(np.uint16) if ct else np.clip(pixels_hu + 1024, 0, 4095).astype(np.uint16)
+    if pixels is not None:
+        stored = np.clip(np.asarray(pixels), 0, 4095).astype(np.uint16)
+        n_slices, rows, cols = stored.shape
+        mask = np.zeros(stored.shape, np.uint8) if mask is None else np.asarray(mask, np.uint8)
+    else:
+        pixels_hu, mask = phantom_volume(n_slices, rows, cols, seed=seed)
+        stored = (pixels_hu.astype(np.int32) + 1024).clip(0, 4095).astype(np.uint16)
     sop_class = CT_IMAGE_STORAGE if ct else MR_IMAGE_STORAGE
     now = dt.datetime(2024, 1, 2, 3, 4, 5)
     order = rng.permutation(n_slices) if shuffle_names else np.arange(n_slices)
