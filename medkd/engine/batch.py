@@ -269,9 +269,12 @@ def _load_volume_guarded(files: Sequence[str], min_slices: int) -> tuple[Any, st
     """Worker entry: ``(volume or None, reason, message, seconds)``; never raises (except interrupts)."""
     from medkd.io.dicom_volume import SeriesError, load_series_volume
 
+    from medkd.io.dicom_seg import quiet_phi_warnings
+
     start = time.perf_counter()
     try:
-        return load_series_volume(files, min_slices=min_slices), "", "", time.perf_counter() - start
+        with quiet_phi_warnings():
+            return load_series_volume(files, min_slices=min_slices), "", "", time.perf_counter() - start
     except SeriesError as err:
         return None, str(err.reason), err.message, time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - one bad series must not stop the batch
@@ -356,6 +359,8 @@ def run_pipeline(
     Returns:
         The summary; the report is written even when interrupted (then ``KeyboardInterrupt`` propagates).
     """
+    from medkd.io.dicom_seg import quiet_phi_warnings
+
     pipeline_file = None if isinstance(config, PipelineConfig) else Path(config)
     cfg = config if isinstance(config, PipelineConfig) else load_pipeline(config)
     input_dir, out_dir = Path(input_dir), Path(output_dir)
@@ -370,7 +375,8 @@ def run_pipeline(
         logger.info("pipeline %s: %s -> %s (shard %d/%d, %d workers)", cfg.name, input_dir, out_dir, *shard_kn,
                     workers)
         try:
-            batch.run(predictor, model, device)
+            with quiet_phi_warnings():
+                batch.run(predictor, model, device)
         finally:
             csv_path, json_path = _write_report(batch.finished_rows(), out_dir, stem)
         summary = PipelineSummary(batch.rows, csv_path, json_path, out_dir)

@@ -30,11 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -307,7 +309,31 @@ def write_seg(
     description = series_description if series_description is not None else (
         f"{model_name} segmentation - research use only"
     )
-    seg = hd.seg.Segmentation(
+    with quiet_phi_warnings():
+        seg = _build_seg(hd, datasets, pixels, kind, descriptions, series_uid, sop_uid, series_number, model_name,
+                         model_version, device_serial_number, description)
+    _fill_slice_thickness(seg, datasets)
+    out = save_atomic(seg, path)
+    logger.debug("wrote %s SEG with %d segments, %d frames: %s", kind.value, len(labels), seg.NumberOfFrames, out)
+    return out
+
+
+@contextlib.contextmanager
+def quiet_phi_warnings() -> Iterator[None]:
+    """Silence pydicom's and highdicom's value warnings: they quote header values (patient names, birth dates),
+    and no PHI may reach logs or stderr."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)(\..*)?$")
+        yield
+
+
+def _build_seg(
+    hd: Any, datasets: Sequence[Any], pixels: np.ndarray, kind: SegType, descriptions: list, series_uid: str,
+    sop_uid: str, series_number: int, model_name: str, model_version: str, device_serial_number: str | None,
+    description: str,
+) -> Any:
+    return hd.seg.Segmentation(
         source_images=list(datasets),
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues[kind.name],
@@ -327,10 +353,6 @@ def write_seg(
         omit_empty_frames=bool(pixels.any()),
         transfer_syntax_uid="1.2.840.10008.1.2.1",  # Explicit VR Little Endian: uncompressed
     )
-    _fill_slice_thickness(seg, datasets)
-    out = save_atomic(seg, path)
-    logger.debug("wrote %s SEG with %d segments, %d frames: %s", kind.value, len(labels), seg.NumberOfFrames, out)
-    return out
 
 
 def dciodvfy_messages(path: str | Path, timeout: float = 120.0) -> list[str] | None:

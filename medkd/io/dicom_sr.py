@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medkd.io.dicom_seg import LO_MAX, check_source, coded, require_highdicom, save_atomic, seg_uids
+from medkd.io.dicom_seg import (
+    LO_MAX, check_source, coded, quiet_phi_warnings, require_highdicom, save_atomic, seg_uids,
+)
 from medkd.io.labels import Code
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -264,16 +266,17 @@ def write_detection_sr(
         ],
     )
     series_uid, sop_uid = seg_uids(uid_entropy)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(datasets),
-        content=report,
-        series_instance_uid=series_uid,
-        series_number=int(series_number),
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer="medkd",
-        is_complete=True,
-    )
+    with quiet_phi_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(datasets),
+            content=report,
+            series_instance_uid=series_uid,
+            series_number=int(series_number),
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer="medkd",
+            is_complete=True,
+        )
     description = series_description if series_description is not None else (
         f"{model_name} detections - research use only"
     )

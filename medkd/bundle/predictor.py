@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Load a medkd segmentation bundle as a :class:`~medkd.engine.predictor.Predictor`.
+
+``configs/inference.json`` is parsed with MONAI's ``ConfigParser``: ``network_def`` builds the network and
+``inferer`` (a :class:`~medkd.bundle.components.SegmentationInferer`) carries the recipe; ``models/model.pt`` is read
+with ``torch.load(weights_only=True)`` and the labels come from ``metadata.json`` ``label_classes``. Parsing the
+config runs its ``_target_`` and ``$`` expressions: load bundles you trust only.
+
+Example:
+    >>> predictor = load_bundle_predictor("models/acdc_bcp")  # doctest: +SKIP
+    >>> predictor(volume).shape == volume.shape  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medkd.bundle.layout import INFERENCE, METADATA, WEIGHTS
+from medkd.engine.predictor import Predictor, SegmentationSpec, file_sha256, resolve_device
+from medkd.errors import DataError
+from medkd.io.labels import labels_from_dicts
+
+__all__ = ["load_bundle_predictor", "read_metadata", "parse_bundle", "load_weights"]
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """``configs/metadata.json`` of a bundle folder.
+
+    Raises:
+        DataError: the file is missing or not a JSON object.
+    """
+    file = Path(path) / METADATA
+    if not file.is_file():
+        raise DataError(path, f"not a MONAI bundle ({METADATA} is missing)")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(file, f"not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise DataError(file, "must hold a JSON object")
+    return meta
+
+
+def parse_bundle(path: str | Path, ids: tuple[str, ...] = ("network_def", "inferer")) -> dict[str, Any]:
+    """Instantiate config ids of ``configs/inference.json`` (``bundle_root`` set to ``path``).
+
+    Raises:
+        DataError: the config is missing or an id cannot be built (MONAI's reason attached).
+    """
+    from monai.bundle import ConfigParser
+
+    path = Path(path)
+    config = path / INFERENCE
+    if not config.is_file():
+        raise DataError(path, f"not a MONAI bundle ({INFERENCE} is missing)")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    if (path / METADATA).is_file():
+        parser.read_meta(str(path / METADATA))
+    parser["bundle_root"] = str(path)
+    built = {}
+    for key in ids:
+        try:
+            built[key] = parser.get_parsed_content(key)
+        except Exception as err:  # noqa: BLE001 - MONAI raises KeyError, RuntimeError, ... with the reason chained
+            raise DataError(config, f"cannot build {key!r}: {type(err).__name__}: {err}") from err
+    return built
+
+
+def load_weights(path: str | Path, network: nn.Module) -> None:
+    """Load ``models/model.pt`` (``weights_only=True``) into ``network`` strictly.
+
+    Raises:
+        DataError: the file is missing, not a state_dict, or does not fit the network.
+    """
+    file = Path(path) / WEIGHTS
+    if not file.is_file():
+        raise DataError(path, f"no weights ({WEIGHTS} is missing)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise DataError(file, f"not loadable with torch.load(weights_only=True): {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(file, "must hold a state_dict (a dict of tensors)")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(file, f"weights do not fit network_def: {err}") from err
+
+
+def load_bundle_predictor(path: str | Path, device: torch.device | str = "cpu") -> Predictor:
+    """A :class:`~medkd.engine.predictor.Predictor` of a segmentation bundle written by :func:`export_bundle`.
+
+    Args:
+        path: bundle folder.
+        device: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``.
+
+    Returns:
+        A ``segmentation`` predictor: float32 ``(z, y, x)`` in, uint8 ``(z, y, x)`` out, equal to the bundle's
+        ``monai.bundle run`` masks and to ``medkd bcp predict`` on the source run.
+
+    Raises:
+        DataError: not a medkd segmentation bundle, or its network, inferer or weights cannot be loaded.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    built = parse_bundle(path)
+    network, inferer = built["network_def"], built["inferer"]
+    spec: SegmentationSpec | None = getattr(inferer, "spec", None)
+    if not isinstance(spec, SegmentationSpec):
+        raise DataError(path / INFERENCE, "'inferer' is not a medkd SegmentationInferer: not a medkd segmentation bundle")
+    load_weights(path, network)
+    model = network.to(resolve_device(device)).eval()
+    info = meta.get("medkd", {}) if isinstance(meta.get("medkd"), dict) else {}
+    return Predictor(
+        kind="segmentation",
+        name=str(meta.get("name", path.resolve().name)),
+        version=str(meta.get("version", "?")),
+        weights_sha256=file_sha256(path / WEIGHTS),
+        labels=labels_from_dicts(meta.get("label_classes", []), source=str(path / METADATA)),
+        run=lambda array: spec.segment(model, array),
+        source=path,
+        spec=spec,
+        metadata={
+            "task": meta.get("task"), "description": meta.get("description"),
+            "intended_use": meta.get("intended_use"), "method": info.get("method"), "dataset": info.get("dataset"),
+            "net": info.get("net"),
+        },
+    )

@@ -1,0 +1,272 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Check a MONAI bundle in process and offline (``medkd bundle verify``): what model-zoo CI and MONAI check.
+
+Checks, in order (each a :class:`CheckResult`; later checks are skipped, failing, when their inputs are missing):
+
+1. ``dependency:<module>``: the hidden dependencies ``fire``, ``ignite``, ``jsonschema``, ``yaml`` are importable
+   (with install hints);
+2. ``files``: ``LICENSE``, ``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``,
+   ``docs/README.md``;
+3. ``metadata_schema``: ``metadata.json`` validates against the schema (medkd's own by default, never downloaded),
+   as ``python -m monai.bundle verify_metadata`` does;
+4. ``changelog``: the ``changelog`` has an entry for ``version``;
+5. ``properties``: ``ConfigWorkflow(..., workflow_type="inference").check_properties() == []``;
+6. ``net_in_out``: ``verify_net_in_out``'s test (a random ``(1, C, *spatial)`` input with ``n = p = 1``; output
+   channels and dtype as in ``pred``), for image outputs;
+7. ``weights``: ``models/model.pt`` loads with ``torch.load(weights_only=True)`` and fits ``network_def``.
+
+Parsing ``inference.json`` runs its code (``_target_``, ``$``): verify bundles you trust only.
+
+Example:
+    >>> [r.name for r in verify_bundle("/no/such/bundle")][-1]
+    'files'
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import logging
+import operator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medkd.bundle.layout import HIDDEN_DEPENDENCIES, INFERENCE, METADATA, REQUIRED_FILES, SCHEMA_PATH, WEIGHTS
+
+__all__ = ["CheckResult", "verify_bundle", "fake_spatial_shape"]
+
+logger = logging.getLogger(__name__)
+
+_INSTALL_HINT = 'pip install "medkd[bundle]"'
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check.
+
+    Attributes:
+        name: check name (``files``, ``metadata_schema``, ``dependency:fire``, ...).
+        ok: whether it passed.
+        message: what was found, or what is wrong and how to fix it.
+    """
+
+    name: str
+    ok: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.message}"
+
+
+_OPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Pow: operator.pow,
+    ast.FloorDiv: operator.floordiv,
+}
+
+
+def _eval_size(node: ast.AST, names: dict[str, int]) -> int:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return int(_OPS[type(node.op)](_eval_size(node.left, names), _eval_size(node.right, names)))
+    raise ValueError(f"unsupported size expression {ast.unparse(node)!r} (use integers, '*', n, p, + - * ** //)")
+
+
+def fake_spatial_shape(shape: Sequence[int | str], *, n: int = 1, p: int = 1, any_size: int = 1) -> tuple[int, ...]:
+    """Sizes for a test input from a ``spatial_shape`` (``verify_net_in_out``'s rule: ``*`` -> ``any_size``).
+
+    Raises:
+        ValueError: an entry is neither an int, ``*`` nor an expression in ``n`` and ``p``.
+
+    Example:
+        >>> fake_spatial_shape(["16*n", "2**p", "*", 8], n=2, p=3)
+        (32, 8, 1, 8)
+    """
+    sizes = []
+    for entry in shape:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            sizes.append(entry)
+        elif entry == "*":
+            sizes.append(any_size)
+        elif isinstance(entry, str):
+            sizes.append(_eval_size(ast.parse(entry, mode="eval").body, {"n": n, "p": p}))
+        else:
+            raise ValueError(f"spatial_shape entries must be ints or strings, got {entry!r}")
+    return tuple(sizes)
+
+
+def _dependency_checks() -> list[CheckResult]:
+    results = []
+    for module, (dist, needed_by) in HIDDEN_DEPENDENCIES.items():
+        found = importlib.util.find_spec(module) is not None
+        message = f"{dist} is installed ({needed_by})" if found else (
+            f"{dist} is missing; needed by {needed_by}: {_INSTALL_HINT} (or pip install {dist})"
+        )
+        results.append(CheckResult(f"dependency:{module}", found, message))
+    return results
+
+
+def _files_check(path: Path) -> CheckResult:
+    if not path.is_dir():
+        return CheckResult("files", False, f"{path} is not a folder")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        return CheckResult("files", False, f"missing {', '.join(missing)}")
+    return CheckResult("files", True, f"{', '.join(REQUIRED_FILES)} present")
+
+
+def _schema_check(meta: dict[str, Any], schema: Path) -> CheckResult:
+    try:
+        import jsonschema
+    except ImportError:
+        return CheckResult("metadata_schema", False, f"jsonschema is missing: {_INSTALL_HINT}")
+    try:
+        schema_doc = json.loads(schema.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return CheckResult("metadata_schema", False, f"cannot read schema {schema}: {err}")
+    try:
+        jsonschema.validate(instance=meta, schema=schema_doc)
+    except jsonschema.ValidationError as err:
+        where = "/".join(map(str, err.absolute_path)) or "(top level)"
+        return CheckResult("metadata_schema", False, f"{where}: {err.message} (schema {schema})")
+    except jsonschema.SchemaError as err:
+        return CheckResult("metadata_schema", False, f"invalid schema {schema}: {err.message}")
+    return CheckResult("metadata_schema", True, f"valid against {schema}")
+
+
+def _changelog_check(meta: dict[str, Any]) -> CheckResult:
+    version, changelog = meta.get("version"), meta.get("changelog")
+    if not isinstance(changelog, dict) or version not in changelog:
+        return CheckResult("changelog", False, f"changelog has no entry for version {version!r}")
+    return CheckResult("changelog", True, f"version {version}: {changelog[version]}")
+
+
+@contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """Silence MONAI's workflow logger and warnings (e.g. "Logging file is set to False") during a check."""
+    monai_logger = logging.getLogger("monai.bundle.workflows")
+    level = monai_logger.level
+    monai_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        monai_logger.setLevel(level)
+
+
+def _properties_check(path: Path) -> CheckResult:
+    from monai.bundle import ConfigWorkflow
+
+    try:
+        with _quiet_monai():
+            workflow = ConfigWorkflow(
+                config_file=str(path / INFERENCE), meta_file=str(path / METADATA), logging_file=False,
+                workflow_type="inference", bundle_root=str(path),
+            )
+            workflow.initialize()
+            missing = workflow.check_properties()
+    except Exception as err:  # noqa: BLE001 - any failure to build the workflow is the finding
+        return CheckResult("properties", False, f"ConfigWorkflow failed: {_first_line(err)}")
+    if missing:
+        return CheckResult("properties", False, f"missing or wrongly referenced inference properties: {missing}")
+    return CheckResult("properties", True, "ConfigWorkflow(workflow_type='inference').check_properties() == []")
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line`` of an error, plus its cause (MONAI wraps the real reason in ``__cause__``)."""
+    def line(e: BaseException) -> str:
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+    return line(err) + (f" (caused by {line(err.__cause__)})" if err.__cause__ is not None else "")
+
+
+def _net_in_out_check(meta: dict[str, Any], network: Any) -> CheckResult:
+    import torch
+    from monai.utils import get_equivalent_dtype
+
+    try:
+        image = meta["network_data_format"]["inputs"]["image"]
+        pred = meta["network_data_format"]["outputs"]["pred"]
+    except (KeyError, TypeError):
+        return CheckResult("net_in_out", False, "network_data_format needs inputs.image and outputs.pred")
+    if pred.get("type") != "image":
+        return CheckResult("net_in_out", True, f"skipped: pred is of type {pred.get('type')!r} (not an image)")
+    try:
+        shape = (1, int(image["num_channels"]), *fake_spatial_shape(image["spatial_shape"]))
+        in_dtype = get_equivalent_dtype(image["dtype"], torch.Tensor)
+        out_dtype = get_equivalent_dtype(pred["dtype"], torch.Tensor)
+        network = network.to("cpu").eval()
+        with torch.no_grad():
+            output = network(torch.rand(*shape, dtype=in_dtype))
+    except Exception as err:  # noqa: BLE001 - the network failing on the declared input is the finding
+        return CheckResult("net_in_out", False, f"forward of a {image.get('spatial_shape')} input failed: {err}")
+    if output.shape[1] != pred.get("num_channels") or output.dtype != out_dtype:
+        return CheckResult(
+            "net_in_out", False,
+            f"output {tuple(output.shape)} {output.dtype} does not match pred: {pred.get('num_channels')} channels, "
+            f"{pred.get('dtype')}",
+        )
+    return CheckResult("net_in_out", True, f"input {shape} -> output {tuple(output.shape)} {output.dtype}")
+
+
+def _weights_check(path: Path, network: Any) -> CheckResult:
+    from medkd.bundle.predictor import load_weights
+    from medkd.engine.predictor import file_sha256
+    from medkd.errors import DataError
+
+    try:
+        load_weights(path, network)
+    except DataError as err:
+        return CheckResult("weights", False, err.problem)
+    tensors = len(network.state_dict())
+    return CheckResult("weights", True, f"{WEIGHTS} ({tensors} tensors, sha256 {file_sha256(path / WEIGHTS)[:12]}...) "
+                                        "loads with weights_only=True and fits network_def")
+
+
+def verify_bundle(path: str | Path, *, schema: str | Path | None = None) -> list[CheckResult]:
+    """Run the checks of the module docstring on a bundle folder.
+
+    Args:
+        path: bundle folder.
+        schema: JSON schema for ``metadata.json``; default :data:`~medkd.bundle.layout.SCHEMA_PATH` (the official
+            ``meta_schema_20240725.json``, downloaded by hand, may be passed instead).
+
+    Returns:
+        One :class:`CheckResult` per check; the bundle is good if all are ``ok``.
+    """
+    results = _run_checks(Path(path), Path(schema) if schema is not None else SCHEMA_PATH)
+    for result in results:
+        logger.log(logging.INFO if result.ok else logging.WARNING, "%s", result)
+    return results
+
+
+def _run_checks(path: Path, schema: Path) -> list[CheckResult]:
+    from medkd.bundle.predictor import parse_bundle, read_metadata
+    from medkd.errors import DataError
+
+    results = _dependency_checks()
+    results.append(_files_check(path))
+    if not (path / METADATA).is_file():
+        return results
+    try:
+        meta = read_metadata(path)
+    except DataError as err:
+        return results + [CheckResult("metadata_schema", False, str(err))]
+    results += [_schema_check(meta, schema), _changelog_check(meta)]
+    if not (path / INFERENCE).is_file():
+        return results + [CheckResult("properties", False, f"{INFERENCE} is missing")]
+    results.append(_properties_check(path))
+    try:
+        network = parse_bundle(path, ("network_def",))["network_def"]
+    except DataError as err:
+        return results + [CheckResult("net_in_out", False, err.problem), CheckResult("weights", False, "no network")]
+    return results + [_net_in_out_check(meta, network), _weights_check(path, network)]
