@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import shutil
 import tempfile
 import warnings
@@ -52,6 +54,7 @@ _RECIPE = {
     "sliding_3d": "sliding window {patch} with stride {stride}, softmax averaged over windows, {rule}, largest "
     "connected component per class: {keep}; {intensity} intensity normalisation per volume",
 }
+_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+.][0-9A-Za-z.+-]*)?$")  # as in schemas/metadata_schema.json
 _TRAINING_KEYS = (
     "method", "dataset", "faithful", "net", "in_channels", "num_classes", "labeled", "patch", "batch_size",
     "labeled_batch_size", "pretrain_iterations", "selftrain_iterations", "lr", "momentum", "weight_decay", "lr_step",
@@ -62,11 +65,11 @@ _TRAINING_KEYS = (
 def _check_out(out: Path, run: Path, overwrite: bool) -> None:
     if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
         raise DataError(out, f"the bundle folder must lie outside the run folder {run}")
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not overwrite:
         raise DataError(out, "already exists; pass overwrite=True (medkd bundle export --overwrite) to replace it")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / METADATA).is_file()):
+    if not out.is_dir() or not (out / METADATA).is_file():
         raise DataError(out, "exists and is not a MONAI bundle: refusing to replace it, choose another folder")
 
 
@@ -103,8 +106,9 @@ def _describe(cfg: Any, names: list[str], card: DatasetCard, run_name: str) -> t
 
 
 def _limitations(cfg: Any, spec: SegmentationSpec) -> str:
+    unlabelled = " plus unlabelled ones" if cfg.method.value == "bcp" else " only"
     items = [
-        f"Trained semi-supervised from {cfg.labeled} labelled case(s): expect errors on images unlike the training "
+        f"Trained from {cfg.labeled} labelled case(s){unlabelled}: expect errors on images unlike the training "
         "data (other scanners, sequences, fields of view, pathologies, paediatric patients).",
         "No resampling or reorientation: the network sees voxels as stored on disk. Inputs must follow the training "
         "data's orientation and through-plane axis (SimpleITK z), and roughly its resolution.",
@@ -186,25 +190,38 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
 
 
+def _finite(value: Any) -> float | None:
+    """A score for JSON: None for a missing or non-finite one (``-inf`` before the first validation)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _load_student(run: Path, cfg: Any, checkpoint: str, stage: str | None) -> tuple[Path, dict[str, Any], nn.Module]:
+    """(checkpoint file, checkpoint, network holding the student's weights)."""
+    from medkd.methods.bcp.predict import checkpoint_path
+    from medkd.nets import create_net
+
+    ckpt_file = checkpoint_path(run, cfg, checkpoint, stage)
+    ckpt = load_checkpoint(ckpt_file)
+    net: nn.Module = create_net(cfg.net, in_channels=cfg.in_channels, out_channels=cfg.num_classes)
+    try:
+        net.load_state_dict(ckpt["student"])
+    except RuntimeError as err:
+        raise DataError(ckpt_file, f"student weights do not fit {cfg.net!r} of config.yaml: {err}") from err
+    return ckpt_file, ckpt, net
+
+
 def _build(
     folder: Path, run: Path, out: Path, *, checkpoint: str, stage: str | None, version: str,
     description: str | None,
 ) -> None:
     from medkd.io.labels import labels_from_names
-    from medkd.methods.bcp.predict import checkpoint_path, load_run_config, segmentation_spec
-    from medkd.nets import count_parameters, create_net
+    from medkd.methods.bcp.predict import load_run_config, segmentation_spec
+    from medkd.nets import count_parameters
 
     cfg = load_run_config(run)
-    ckpt_file = checkpoint_path(run, cfg, checkpoint, stage)
-    ckpt = load_checkpoint(ckpt_file)
-    net: nn.Module = create_net(cfg.net, in_channels=cfg.in_channels, out_channels=cfg.num_classes)
-    state = _plain_state(ckpt["student"])
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise DataError(ckpt_file, f"student weights do not fit {cfg.net!r} of config.yaml: {err}") from err
+    ckpt_file, ckpt, net = _load_student(run, cfg, checkpoint, stage)
     (folder / "models").mkdir(parents=True)
-    torch.save(state, folder / WEIGHTS)
+    torch.save(_plain_state(ckpt["student"]), folder / WEIGHTS)
 
     spec = segmentation_spec(cfg)
     names = _class_names(cfg)
@@ -213,7 +230,7 @@ def _build(
     medkd_block = {
         "kind": "segmentation", "method": cfg.method.value, "dataset": cfg.dataset.value, "net": cfg.net,
         "run": run.resolve().name, "stage": ckpt_file.parent.name, "checkpoint": ckpt_file.name,
-        "iteration": int(ckpt.get("iteration", 0)), "best_score": ckpt.get("best_score"),
+        "iteration": int(ckpt.get("iteration", 0)), "best_score": _finite(ckpt.get("best_score")),
         "source_checkpoint_sha256": file_sha256(ckpt_file), "weights_sha256": file_sha256(folder / WEIGHTS),
         "segmentation_spec": spec.to_dict(), "config": config_to_dict(cfg),
     }
@@ -265,11 +282,13 @@ def export_bundle(
     Raises:
         DataError: ``run`` is not a medkd run or lacks the checkpoint; ``out`` exists (without ``overwrite``), is
             not a bundle, or lies inside the run.
-        ValueError: ``checkpoint`` is neither ``best`` nor ``last``.
+        ValueError: ``checkpoint`` is neither ``best`` nor ``last``, or ``version`` is not ``MAJOR.MINOR.PATCH``.
     """
     run, out = Path(run), Path(out)
+    if not _VERSION.match(version):
+        raise ValueError(f"version must look like 1.2.3 (MAJOR.MINOR.PATCH), got {version!r}")
     if not (run / "config.yaml").is_file():
-        raise DataError(run, "not a medkd run folder (config.yaml is missing): pass the --out folder of 'medkd bcp train'")
+        raise DataError(run, "not a medkd run folder (config.yaml is missing): pass the --out of 'medkd bcp train'")
     _check_out(out, run, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

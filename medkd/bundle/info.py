@@ -42,6 +42,9 @@ def _label_lines(labels: Any) -> list[str]:
         return ["  (none listed)"]
     lines = []
     for entry in labels:
+        if not isinstance(entry, dict):
+            lines.append(f"  {entry}")
+            continue
         code = entry.get("code") if isinstance(entry.get("code"), dict) else {}
         coded = f" ({code.get('meaning')}, {code.get('scheme')} {code.get('value')})" if code else ""
         lines.append(f"  {entry.get('value')}: {entry.get('name')}{coded}")
@@ -57,7 +60,8 @@ def _run_lines(path: Path) -> list[str]:
         f"      --bundle_root {b} --dataset_dir NIFTI_DIR --output_dir OUT_DIR",
         f"  python -m monai.bundle verify_net_in_out network_def --meta_file {b}/{METADATA} \\",
         f"      --config_file {b}/{INFERENCE} --n 1 --device cpu",
-        f"  python -m monai.bundle verify_metadata --meta_file {b}/{METADATA} --filepath {shlex.quote(str(SCHEMA_PATH))}",
+        f"  python -m monai.bundle verify_metadata --meta_file {b}/{METADATA} \\",
+        f"      --filepath {shlex.quote(str(SCHEMA_PATH))}",
         f"  medkd bundle verify {b}",
         f"  Python: medkd.engine.predictor.load_predictor({str(path)!r})(volume_zyx) -> uint8 mask",
     ]
@@ -99,7 +103,8 @@ def bundle_info(path: str | Path) -> str:
             f"Weights sha256: {medkd_block.get('weights_sha256')}",
         ]
     lines += ["Labels (value: name (code)):", *_label_lines(meta.get("label_classes"))]
-    lines += ["Network input/output:", *_tensor_lines("input", nd.get("inputs")), *_tensor_lines("output", nd.get("outputs"))]
+    lines += ["Network input/output:", *_tensor_lines("input", nd.get("inputs")),
+              *_tensor_lines("output", nd.get("outputs"))]
     lines += _run_lines(path)
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
     lines += ["Files:", *(f"  {name} ({(path / name).stat().st_size:,} bytes)" for name in files)]

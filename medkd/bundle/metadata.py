@@ -162,7 +162,7 @@ def environment_versions() -> dict[str, Any]:
         try:
             packages[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            logger.warning("%s is not installed: 'python -m monai.bundle run' will need it (pip install %s)", dist, dist)
+            logger.warning("%s is not installed: 'python -m monai.bundle run' needs it (pip install %s)", dist, dist)
     return {
         "monai_version": _release(monai.__version__),
         "pytorch_version": _release(torch.__version__),

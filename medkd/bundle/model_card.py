@@ -7,8 +7,8 @@ References. Performance comes from the run folder when it has any: evaluation fi
 ``RUN/<stage>/metrics.jsonl``; otherwise the card says "not evaluated".
 
 Example:
-    >>> performance_section(Path("/no/such/run"), "selftrain")
-    'Not evaluated: the run folder holds no evaluation file (`medkd bcp eval --json RUN/test.json`), no training summary and no validation scores.'
+    >>> performance_section(Path("/no/such/run"), "selftrain").split(":")[0]
+    'Not evaluated'
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def validation_scores(run: Path, stage: str) -> dict[str, Any] | None:
             except ValueError:
                 continue
             score = row.get("val/score")
-            if isinstance(score, (int, float)) and math.isfinite(score) and (best is None or score > best["best_score"]):
+            if not isinstance(score, (int, float)) or not math.isfinite(score):
+                continue
+            if best is None or score > best["best_score"]:
                 best = {"best_score": score, "best_iteration": row.get("iteration"), "source": f"{stage}/metrics.jsonl"}
     return best
 
@@ -93,6 +95,8 @@ def performance_section(run: Path, stage: str, *, val_split: str = "validation")
         parts.append(
             f"Best validation score (mean foreground Dice on the `{val_split}` split, used to select `best.pt`): "
             f"{_fmt(float(val['best_score']))} at iteration {val['best_iteration']} (from `{val['source']}`)."
+            + (" The checkpoint was selected on the test split (the reference protocol), so test scores of `best.pt` "
+               "are optimistic." if val_split == "test" else "")
         )
     if not parts:
         return ("Not evaluated: the run folder holds no evaluation file (`medkd bcp eval --json RUN/test.json`), "

@@ -114,7 +114,7 @@ def load_bundle_predictor(path: str | Path, device: torch.device | str = "cpu") 
     network, inferer = built["network_def"], built["inferer"]
     spec: SegmentationSpec | None = getattr(inferer, "spec", None)
     if not isinstance(spec, SegmentationSpec):
-        raise DataError(path / INFERENCE, "'inferer' is not a medkd SegmentationInferer: not a medkd segmentation bundle")
+        raise DataError(path / INFERENCE, "'inferer' is not a medkd SegmentationInferer: not a segmentation bundle")
     load_weights(path, network)
     model = network.to(resolve_device(device)).eval()
     info = meta.get("medkd", {}) if isinstance(meta.get("medkd"), dict) else {}

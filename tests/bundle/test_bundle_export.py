@@ -176,8 +176,9 @@ def test_verify_bundle_passes_a_good_bundle(bundles, kind):
     results = verify_bundle(bundles[kind])
     assert all(isinstance(r, CheckResult) for r in results)
     assert [r for r in results if not r.ok] == []
-    assert {"files", "metadata_schema", "changelog", "properties", "net_in_out", "weights",
-            "dependency:fire", "dependency:ignite", "dependency:jsonschema", "dependency:yaml"} == {r.name for r in results}
+    names = {"files", "metadata_schema", "changelog", "properties", "net_in_out", "weights", "dependency:fire",
+             "dependency:ignite", "dependency:jsonschema", "dependency:yaml"}
+    assert {r.name for r in results} == names
 
 
 def _drop(meta_key):
@@ -267,9 +268,12 @@ def test_fake_spatial_shape(shape, kwargs, expected):
     assert fake_spatial_shape(shape, **kwargs) == expected
 
 
-def test_fake_spatial_shape_rejects_code():
-    with pytest.raises(ValueError, match="unsupported"):
-        fake_spatial_shape(["__import__('os').getcwd()"])
+@pytest.mark.parametrize("entry, match", [("__import__('os').getcwd()", "unsupported"), ("16*m", "unsupported"),
+                                          ("2**40", "exponent"), ("9**9**9", "implausibly large"),
+                                          ("8192*4096*n", "implausibly large")])
+def test_fake_spatial_shape_rejects_code_and_huge_sizes(entry, match):
+    with pytest.raises(ValueError, match=match):
+        fake_spatial_shape([entry])
 
 
 # ---- predictor and inferer ----------------------------------------------------------------------------------------
@@ -347,6 +351,7 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(run_2d, tmp_path):
         (lambda tmp, run: tmp, {}, "not a medkd run folder"),
         (lambda tmp, run: run, {"stage": "pretrain"}, "no best.pt checkpoint"),
         (lambda tmp, run: run, {"checkpoint": "final"}, "checkpoint must be"),
+        (lambda tmp, run: run, {"version": "v1"}, "MAJOR.MINOR.PATCH"),
     ],
 )
 def test_export_errors(run_2d, tmp_path, make_run, kwargs, match):
@@ -377,3 +382,12 @@ def test_torchscript_failure_only_warns(run_2d, tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="TorchScript export failed"):
         out = export_bundle(run_2d, tmp_path / "acdc_ts", torchscript=True)
     assert (out / "models" / "model.pt").is_file() and not (out / "models" / "model.ts").exists()
+
+
+def test_verify_bundle_reports_a_missing_dependency_with_an_install_hint(bundles, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fire", None)  # "import fire" now raises ImportError
+    results = {r.name: r for r in verify_bundle(bundles["2d"])}
+    assert not results["dependency:fire"].ok and 'pip install "medkd[bundle]"' in results["dependency:fire"].message
+    assert all(r.ok for name, r in results.items() if name != "dependency:fire")

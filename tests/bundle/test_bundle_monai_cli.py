@@ -26,6 +26,7 @@ from medkd.methods.bcp.predict import predict_paths
 pytestmark = [
     pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning"),  # MONAI 1.6: configs run code (trusted here)
     pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader:UserWarning"),
+    pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning"),  # our own schema file, never downloaded
 ]
 
 KINDS = ("2d", "3d")
@@ -58,18 +59,32 @@ def _break_metadata(bundle: Path, folder: Path, edit) -> Path:
     return broken / "metadata.json"
 
 
+def _with_a_2d_image(volumes: Path, folder: Path) -> Path:
+    """The volumes plus a 2D NIfTI image (a single slice, its own spacing and origin)."""
+    import SimpleITK as sitk
+
+    shutil.copytree(volumes, folder)
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(volumes / "case1.nii.gz")))[3]
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.25, 1.5))
+    image.SetOrigin((7.0, -3.5))
+    sitk.WriteImage(image, str(folder / "slice.nii.gz"))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory, run_2d, run_3d, nifti_dir, monai_env):
     """Export both bundles and run every MONAI command once, concurrently."""
     root = tmp_path_factory.mktemp("cli")
     bundles = {"2d": export_bundle(run_2d, root / "models" / "acdc_tiny"),
                "3d": export_bundle(run_3d, root / "models" / "la_tiny")}
+    inputs = {"2d": _with_a_2d_image(nifti_dir, root / "nifti_2d"), "3d": nifti_dir}
     commands, outputs = {}, {}
     for kind, bundle in bundles.items():
         outputs[kind] = root / f"out_{kind}"
         commands[f"run_{kind}"] = [
             "run", "--config_file", bundle / "configs/inference.json", "--meta_file", bundle / "configs/metadata.json",
-            "--bundle_root", bundle, "--dataset_dir", nifti_dir, "--output_dir", outputs[kind],
+            "--bundle_root", bundle, "--dataset_dir", inputs[kind], "--output_dir", outputs[kind],
         ]
         commands[f"net_in_out_{kind}"] = [
             "verify_net_in_out", "network_def", "--meta_file", bundle / "configs/metadata.json",
@@ -78,7 +93,7 @@ def cli(tmp_path_factory, run_2d, run_3d, nifti_dir, monai_env):
     commands["metadata"] = ["verify_metadata", "--meta_file", bundles["2d"] / "configs/metadata.json",
                             "--filepath", SCHEMA_PATH]
     commands = {name: [str(a) for a in args] for name, args in commands.items()}
-    return {"bundles": bundles, "outputs": outputs, "results": _run_all(commands, monai_env, REPO)}
+    return {"bundles": bundles, "inputs": inputs, "outputs": outputs, "results": _run_all(commands, monai_env, REPO)}
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:
@@ -86,10 +101,11 @@ def _ok(result: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_monai_bundle_run_writes_the_masks_of_medkd_predict(cli, nifti_dir, tmp_path, kind, run_2d, run_3d):
+def test_monai_bundle_run_writes_the_masks_of_medkd_predict(cli, tmp_path, kind, run_2d, run_3d):
     _ok(cli["results"][f"run_{kind}"])
-    expected = predict_paths({"2d": run_2d, "3d": run_3d}[kind], nifti_dir, tmp_path / "medkd")
-    assert len(expected) == 2
+    inputs = cli["inputs"][kind]
+    expected = predict_paths({"2d": run_2d, "3d": run_3d}[kind], inputs, tmp_path / "medkd")
+    assert len(expected) == len(list(inputs.glob("*.nii.gz"))) >= 2
     for path in expected:
         ours, theirs = nib.load(path), nib.load(cli["outputs"][kind] / path.name)
         mask, bundle_mask = np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj)
@@ -97,7 +113,7 @@ def test_monai_bundle_run_writes_the_masks_of_medkd_predict(cli, nifti_dir, tmp_
         assert len(np.unique(mask)) > 1, "trivial mask: the equality would prove nothing"
         np.testing.assert_array_equal(bundle_mask, mask)
         np.testing.assert_allclose(theirs.affine, ours.affine, atol=1e-5)
-        source = nib.load(nifti_dir / path.name.replace("_seg", ""))
+        source = nib.load(inputs / path.name.replace("_seg", ""))
         np.testing.assert_allclose(theirs.affine, source.affine, atol=1e-5)
         assert not np.allclose(source.affine, np.eye(4))
 
@@ -113,7 +129,8 @@ def test_verify_net_in_out_rejects_wrong_output_channels(cli, tmp_path):
     from monai.bundle import verify_net_in_out
 
     bundle = cli["bundles"]["2d"]
-    meta = _break_metadata(bundle, tmp_path, lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=3))
+    pred = ("network_data_format", "outputs", "pred")
+    meta = _break_metadata(bundle, tmp_path, lambda m: m[pred[0]][pred[1]][pred[2]].update(num_channels=3))
     with pytest.raises(ValueError, match="output channel number `4` doesn't match: `3`"):
         verify_net_in_out("network_def", meta_file=str(meta), config_file=str(bundle / "configs/inference.json"), n=1,
                           device="cpu")
