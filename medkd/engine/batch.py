@@ -310,22 +310,22 @@ def _volumes(
 
 
 class _LogToFile:
-    """Attach ``OUT/medkd.log`` (debug level, tracebacks included) to the ``medkd`` logger for the run."""
+    """Copy the ``medkd`` logger to ``OUT/medkd.log`` for the run (tracebacks of failed series go only there).
+
+    The console keeps the caller's settings: with the CLI the file gets what ``-q``/``-v`` allow; from Python with
+    logging unconfigured, the logger is raised to INFO for the run (nothing reaches the console below WARNING).
+    """
 
     def __init__(self, path: Path) -> None:
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.handler.setLevel(logging.DEBUG)
         self.logger = logging.getLogger("medkd")
 
     def __enter__(self) -> "_LogToFile":
         self.previous = self.logger.level
+        if self.previous == logging.NOTSET and not logging.getLogger().handlers:
+            self.logger.setLevel(logging.INFO)
         self.logger.addHandler(self.handler)
-        if self.logger.level == logging.NOTSET or self.logger.level > logging.DEBUG:
-            self.logger.setLevel(logging.DEBUG)
-            for handler in logging.getLogger().handlers + [h for h in self.logger.handlers if h is not self.handler]:
-                if handler.level == logging.NOTSET:
-                    handler.setLevel(logging.getLogger().level or logging.WARNING)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -526,5 +526,5 @@ class _Batch:
         for row in self.rows:
             if row.kind == "file" and row.status == "ok" and row.series_uid in outcome:
                 series_row = outcome[row.series_uid]
-                row.status, row.reason = series_row.status, series_row.reason
+                row.status, row.reason, row.study_uid = series_row.status, series_row.reason, series_row.study_uid
         return self.rows

@@ -168,6 +168,7 @@ def test_reference_image_round_trip(tmp_path: Path):
     assert back.TransformIndexToPhysicalPoint((0, 0, 3)) == pytest.approx(last_ipp, abs=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
 def test_metatensor_matches_monai_reader():
     pytest.importorskip("monai")
     from monai.transforms import LoadImage
