@@ -25,7 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _predictor():
+def _predictor(sample: np.ndarray):
+    """The BCP ACDC UNet with random weights whose head bias is centred on ``sample`` (so every class appears)."""
+    from medkd.data.transforms import normalise_intensity
     from medkd.engine.predictor import Predictor, SegmentationSpec
     from medkd.io.labels import labels_from_names
     from medkd.nets import create_net
@@ -33,6 +35,10 @@ def _predictor():
     torch.manual_seed(0)
     net = create_net("bcp_unet2d", in_channels=1, out_channels=4).eval()
     spec = SegmentationSpec("slices_2d", 4, (256, 256), "minmax", batch_size=16)
+    with torch.no_grad():
+        x = torch.from_numpy(normalise_intensity(sample, "minmax"))[None, None]
+        logits = net(torch.nn.functional.interpolate(x, size=spec.patch, mode="nearest"))
+        net.head.bias -= logits.mean(dim=(0, 2, 3))
     return Predictor(
         kind="segmentation", name="bench_bcp_unet2d", version="random", weights_sha256="0" * 64,
         labels=labels_from_names(["background", "RV", "Myo", "LV"]), run=lambda a: spec.segment(net, a),
@@ -65,13 +71,13 @@ def _run(inputs: Path, out: Path, workers: int, predictor) -> dict:
     for row in series:
         result = json.loads((out / row.study_uid / row.series_uid / "result.json").read_text())
         for key in split:
-            split[key].append(result["seconds"][key])
+            split[key].append(result["seconds"][key] + (summary.scan_seconds / len(series) if key == "read" else 0))
         frames.append(sum(v["voxels"] > 0 for v in result["labels"].values()))
     return {
         "workers": workers, "series": len(series), "wall_s": round(wall, 2),
         "series_per_min": round(60 * len(series) / wall, 2),
         "median_s": {k: round(statistics.median(v), 3) for k, v in split.items()},
-        "labels_present": frames,
+        "labels_present": frames, "scan_s": summary.scan_seconds,
     }
 
 
@@ -89,7 +95,10 @@ def main() -> None:
     t0 = time.perf_counter()
     _write_inputs(inputs, args.series, args.slices, args.size)
     print(f"inputs ready in {time.perf_counter() - t0:.1f} s: {args.series} series of {args.size}x{args.size}x{args.slices}")
-    predictor = _predictor()
+    import pydicom
+
+    middle = sorted((inputs / "series0").glob("*.dcm"))[args.slices // 2]
+    predictor = _predictor(pydicom.dcmread(middle).pixel_array.astype(np.float32))
     predictor(np.zeros((2, 64, 64), np.float32))  # warm-up
     runs = []
     for workers in (0, 1, 2):
@@ -107,7 +116,8 @@ def main() -> None:
     lines = [
         f"# DICOM pipeline, {args.series} synthetic CT series of {args.size}×{args.size}×{args.slices}",
         "",
-        "Per series, median seconds; read = scan + sort + decode + rescale, write = DICOM SEG + NIfTI + JSON.",
+        "Per series, median seconds; read = header scan (the tree's scan time / series) + sort + decode + rescale,",
+        "write = DICOM SEG + NIfTI + JSON. With workers, decoding overlaps the main process's inference.",
         "",
         "| decoding workers | read s | infer s | write s | wall s | series/min |",
         "|---|---|---|---|---|---|",

@@ -111,6 +111,7 @@ class PipelineSummary:
     report_csv: Path
     report_json: Path
     out_dir: Path
+    scan_seconds: float = 0.0
 
     def counts(self, kind: str = "series") -> dict[str, int]:
         """Rows of ``kind`` per status."""
@@ -379,7 +380,7 @@ def run_pipeline(
                 batch.run(predictor, model, device)
         finally:
             csv_path, json_path = _write_report(batch.finished_rows(), out_dir, stem)
-        summary = PipelineSummary(batch.rows, csv_path, json_path, out_dir)
+        summary = PipelineSummary(batch.rows, csv_path, json_path, out_dir, round(batch.scan_seconds, 3))
         logger.info("%s", summary.line())
     return summary
 
@@ -398,6 +399,7 @@ class _Batch:
         self.rules = parse_rules(cfg.selection, source=f"{pipeline_file or cfg.name}: selection")
         self.rows: list[ReportRow] = []
         self.entries: list[Any] = []
+        self.scan_seconds = 0.0
 
     def rel(self, path: str | Path) -> str:
         """Path relative to the input folder (reports never hold absolute paths from elsewhere)."""
@@ -407,7 +409,9 @@ class _Batch:
     def run(self, predictor: Any, model: str | Path | None, device: str | None) -> None:
         from medkd.io.dicom_scan import scan_tree
 
+        start = time.perf_counter()
         series_list, self.entries = scan_tree(self.input_dir, progress=self.progress)
+        self.scan_seconds = time.perf_counter() - start
         for entry in self.entries:
             if in_shard(entry.series_uid or self.rel(entry.path), self.shard):
                 self.rows.append(ReportRow("file", entry.status, str(entry.reason or ""), entry.message,

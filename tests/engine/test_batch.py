@@ -88,6 +88,10 @@ def test_mixed_tree_every_file_reported_and_good_series_written(mixed_tree, tmp_
     assert sorted(p.name for p in folder.iterdir()) == ["done.json", "mask.nii.gz", "result.json", "seg.dcm"]
     expected = ((good.pixels.astype(np.int32) - 1024) > 150).astype(np.uint8)  # (slices, rows, cols) in z order
 
+    from medkd.io.dicom_seg import validate_with_dciodvfy
+
+    errors = validate_with_dciodvfy(folder / "seg.dcm")  # None: dciodvfy not installed (make test installs it)
+    assert not errors, errors
     seg = hd.seg.segread(folder / "seg.dcm")
     assert seg.get_segment_description(1).segment_label == "lesion"
     sop_by_z = {}
