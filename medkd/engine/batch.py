@@ -21,6 +21,7 @@ coordination and the union of their reports lists every file once.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -380,6 +381,8 @@ def run_pipeline(
                 batch.run(predictor, model, device)
         finally:
             csv_path, json_path = _write_report(batch.finished_rows(), out_dir, stem)
+            with contextlib.suppress(OSError):
+                (out_dir / ".work").rmdir()  # only when empty: nothing half-written remains
         summary = PipelineSummary(batch.rows, csv_path, json_path, out_dir, round(batch.scan_seconds, 3))
         logger.info("%s", summary.line())
     return summary

@@ -81,7 +81,7 @@ def test_mixed_tree_every_file_reported_and_good_series_written(mixed_tree, tmp_
     report = json.loads(summary.report_json.read_text())
     assert len(report) == len(summary.rows)
     assert summary.report_csv.read_text().count("\n") == len(summary.rows) + 1
-    assert not any((out / ".work").glob("*/*")) and not list(out.rglob("*.partial"))
+    assert not (out / ".work").exists() and not list(out.rglob("*.partial"))
 
     good = series["good"]
     folder = out / good.study_uid / good.series_uid
