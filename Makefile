@@ -17,7 +17,9 @@ install: $(VENV)/.ready
 	@ln -sfn $(VENV) .venv
 	@echo "medkd installed in $(VENV) (linked as .venv; 'source .venv/bin/activate' to use the medkd command)"
 
-$(VENV)/.ready: pyproject.toml
+# No prerequisite on purpose: the folder name already hashes pyproject.toml, and a fresh clone's newer file time
+# must not rebuild a cached environment.
+$(VENV)/.ready:
 	@echo "building the virtual environment in $(VENV) (first time only: a few minutes)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)

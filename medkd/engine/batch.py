@@ -42,6 +42,7 @@ import numpy as np
 
 from medkd.config import config_to_dict, load_config
 from medkd.errors import ConfigError, DataError
+from medkd.io.atomic import write_text_atomic
 from medkd.registry import Registry
 
 __all__ = [
@@ -245,12 +246,6 @@ def _same(done_file: Path, fingerprint: dict[str, Any]) -> bool:
         return False
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_report(rows: list[ReportRow], out_dir: Path, stem: str) -> tuple[Path, Path]:
     """Report as CSV and JSON (atomic); rows sorted files first, then series, by path/UID."""
     rows.sort(key=lambda r: (r.kind != "file", r.series_uid if r.kind == "series" else r.path))
@@ -262,8 +257,8 @@ def _write_report(rows: list[ReportRow], out_dir: Path, stem: str) -> tuple[Path
         record["outputs"] = ";".join(record["outputs"])
         writer.writerow(record)
     csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    _atomic_text(csv_path, buf.getvalue())
-    _atomic_text(json_path, json.dumps([asdict(r) for r in rows], indent=1))
+    write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(json_path, json.dumps([asdict(r) for r in rows], indent=1))
     return csv_path, json_path
 
 
@@ -510,8 +505,8 @@ class _Batch:
                 "seconds": {"read": round(read_s, 4), "infer": round(infer_s, 4), "write": round(write_s, 4)},
                 "outputs": [p.name for p in files] + ["result.json"], "research_use_only": True,
             }
-            _atomic_text(work / "result.json", json.dumps(result, indent=1))
-            _atomic_text(work / "done.json", json.dumps({"fingerprint": self._fingerprint(series, predictor)}))
+            write_text_atomic(work / "result.json", json.dumps(result, indent=1))
+            write_text_atomic(work / "done.json", json.dumps({"fingerprint": self._fingerprint(series, predictor)}))
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
                 shutil.rmtree(final)

@@ -18,7 +18,7 @@ installed and returns its error lines.
 Example:
     >>> import tempfile, numpy as np, pydicom
     >>> from medkd.data.synthetic_dicom import write_dicom_series
-    >>> from medkd.io.labels import labels_from_names
+from medkd.io.labels import labels_from_names
     >>> folder = tempfile.mkdtemp()
     >>> series = write_dicom_series(folder, n_slices=3, rows=8, cols=8)
     >>> datasets = [pydicom.dcmread(p) for p in series.paths]
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medkd import __version__
+from medkd.io.atomic import atomic_path
 from medkd.io.labels import Code, LabelInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -247,16 +248,9 @@ def save_atomic(dataset: Dataset, path: str | Path) -> Path:
     """
     from pydicom import dcmwrite
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        dcmwrite(partial, dataset, enforce_file_format=True)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        dcmwrite(tmp, dataset, enforce_file_format=True)
+    return Path(path)
 
 
 def write_seg(

@@ -45,6 +45,7 @@ import numpy as np
 from medkd.io.dicom_seg import (
     LO_MAX, check_source, coded, quiet_phi_warnings, require_highdicom, save_atomic, seg_uids,
 )
+from medkd.io.atomic import write_text_atomic
 from medkd.io.labels import Code
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -314,17 +315,6 @@ def detection_records(
     return records
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8", newline="")
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_detection_sidecars(
     detections: Sequence[Detection],
     out_dir: str | Path,
@@ -357,6 +347,6 @@ def write_detection_sidecars(
     writer = csv.DictWriter(buffer, fieldnames=list(_CSV_FIELDS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    json_path = _write_text_atomic(json.dumps(document, indent=2) + "\n", out_dir / "detections.json")
-    csv_path = _write_text_atomic(buffer.getvalue(), out_dir / "detections.csv")
+    json_path = write_text_atomic(out_dir / "detections.json", json.dumps(document, indent=2) + "\n")
+    csv_path = write_text_atomic(out_dir / "detections.csv", buffer.getvalue())
     return json_path, csv_path

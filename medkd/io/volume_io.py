@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medkd.errors import DataError
+from medkd.io.atomic import atomic_path
 
 __all__ = ["VOLUME_SUFFIXES", "Volume", "read_volume", "list_inputs", "write_mask_like", "output_name", "strip_suffix"]
 
@@ -229,15 +229,9 @@ def write_mask_like(mask: np.ndarray, reference: sitk.Image, out_path: str | os.
         raise ValueError(f"mask values must lie in [0, 255], got [{mask.min()}, {mask.max()}]")
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.CopyInformation(reference)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if out_path.name.lower().endswith(".nii.gz") else out_path.suffix
-    tmp_name = str(out_path.parent / f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
-        sitk.WriteImage(image, tmp_name, useCompression=True)
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return out_path
 
 
