@@ -27,14 +27,18 @@ $(VENV)/.ready:
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Debian tools the tests use: dciodvfy (package dicom3tools) validates every DICOM SEG/SR medkd writes.
-# Installed with apt when missing (as root, or with passwordless sudo); otherwise those tests skip with the reason.
+# Debian tools the tests use: dciodvfy (package dicom3tools) validates every DICOM SEG/SR medkd writes; chromium
+# takes the app's screenshot. Installed with apt when missing (as root, or with passwordless sudo); otherwise those
+# tests skip and say why.
+SYSTEM_TOOLS := dciodvfy:dicom3tools chromium:chromium
 system-deps:
-	@command -v dciodvfy >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
-	  echo "installing Debian dicom3tools (dciodvfy) for the DICOM tests"; \
-	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dicom3tools >/dev/null ) \
-	  || echo "warning: could not install dicom3tools; the dciodvfy checks will be skipped"; }
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 ) \
+	  || echo "warning: could not install$$missing; the tests that need them will be skipped"; fi
 
 demo: install
 	$(VENV)/bin/medkd demo --out demo_output

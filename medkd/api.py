@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "bcp_train", "bcp_eval", "bcp_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "demo",
+    "bcp_train", "bcp_eval", "bcp_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app", "demo",
 ]
 
 
@@ -132,6 +132,27 @@ def bundle_info(bundle: str | Path) -> str:
     from medkd.bundle import bundle_info as info
 
     return info(bundle)
+
+
+def app(
+    *, port: int = 8501, address: str = "localhost", models: str | Path | None = None, headless: bool = False
+) -> int:
+    """Serve the Streamlit app until interrupted; returns Streamlit's exit code."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if models is not None:
+        env["MEDKD_MODELS"] = str(Path(models).resolve())
+    command = [
+        sys.executable, "-m", "streamlit", "run", importlib.util.find_spec("medkd.app.main").origin, "--server.port", str(port),
+        "--server.address", address, "--server.headless", str(headless).lower(),
+        "--browser.gatherUsageStats", "false",
+    ]
+    print(f"medkd app on http://{address}:{port}  (research use only; Ctrl-C stops it)")
+    return subprocess.call(command, env=env)
 
 
 def demo(

@@ -5,7 +5,8 @@
 2. trains BCP and the supervised-only baseline with ``apps/bcp/cpu_2d.yaml`` (5% labels by patient);
 3. evaluates both on the test list (Dice, Jaccard, HD95, ASD);
 4. segments a NIfTI volume with the BCP run and draws an overlay PNG of ground truth, BCP and baseline;
-5. exports the BCP run as a MONAI bundle (``models/demo_acdc_bcp``, listed in ``models/zoo.yaml``);
+5. exports both runs as MONAI bundles (``models/demo_acdc_bcp``, ``models/demo_acdc_supervised``, listed in
+   ``models/zoo.yaml``; ``medkd app`` shows them side by side);
 6. writes the test case as a DICOM MR series next to a CT series, and runs the DICOM pipeline
    ``pipelines/acdc_cine_mr.yaml`` with the bundle: DICOM SEG, NIfTI mask and volumes for the MR series only;
 7. prints where everything is.
@@ -21,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE"]
+__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE"]
 
-#: name of the bundle the demo exports (``models/zoo.yaml`` lists it)
+#: names of the bundles the demo exports (``models/zoo.yaml`` lists them; the app compares them side by side)
 DEMO_BUNDLE = "demo_acdc_bcp"
+DEMO_BASELINE_BUNDLE = "demo_acdc_supervised"
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +129,10 @@ def run_demo(
         class_names=class_names(cfg),
         title=f"{nifti.name}, slice {z}",
     )
-    logger.info("5/6 exporting the BCP run as a MONAI bundle")
+    logger.info("5/6 exporting the BCP run and the baseline as MONAI bundles")
     models_dir = Path(models or os.environ.get("MEDKD_MODELS", "models"))
     bundle = api.bundle_export(runs["bcp"], models_dir / DEMO_BUNDLE, overwrite=True)
+    api.bundle_export(runs["supervised"], models_dir / DEMO_BASELINE_BUNDLE, overwrite=True)
     logger.info("6/6 running the DICOM pipeline on a synthetic cine-MR series")
     dicom_in = _write_dicom_inputs(image, out / "dicom_in")
     pipeline = api.pipeline_run(repo_file("pipelines/acdc_cine_mr.yaml"), dicom_in, out / "dicom_out", model=bundle,
@@ -160,6 +163,7 @@ def run_demo(
         f"  prediction     : {predictions['bcp']}\n"
         f"  overlay        : {overlay}\n"
         f"  MONAI bundle   : {bundle}  (medkd bundle info {bundle})\n"
+        f"  viewer         : medkd app  (then open http://localhost:8501)\n"
         f"  DICOM SEG      : {segs[0] if segs else 'none written, see the report'}\n"
         f"  pipeline report: {pipeline.report_csv}\n"
         f"  summary        : {out / 'demo_summary.json'}"

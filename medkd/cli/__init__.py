@@ -16,14 +16,14 @@ import sys
 from collections.abc import Sequence
 
 from medkd import __version__
-from medkd.cli import bcp, bundle, demo, pipeline
+from medkd.cli import app, bcp, bundle, demo, pipeline
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 logger = logging.getLogger("medkd")
 
 #: subcommand modules, in help order
-COMMANDS = (bcp, pipeline, bundle, demo)
+COMMANDS = (bcp, pipeline, bundle, app, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

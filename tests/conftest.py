@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared fixtures for the bundle tests: tiny untrained BCP runs (2D ACDC-style, 3D LA-style) and NIfTI inputs.
+"""Shared fixtures: tiny untrained BCP runs (2D ACDC-style, 3D LA-style) and NIfTI inputs, for bundles and the app.
 
 No training: the student has random weights (seeded) with its output bias shifted so that the masks hold several
 labels, which makes the bundle-vs-``medkd bcp predict`` equality checks meaningful.
@@ -23,7 +23,7 @@ from medkd.methods.bcp.config import BCPConfig
 from medkd.methods.bcp.predict import segmentation_spec
 from medkd.methods.bcp.trainer import build_student, final_stage
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 RUN_SETTINGS = {
     "2d": dict(dataset="acdc", net="bcp_unet2d_half", num_classes=4, patch=(64, 64), batch_size=4,
