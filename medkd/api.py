@@ -140,6 +140,7 @@ def app(
     """Serve the Streamlit app until interrupted; returns Streamlit's exit code."""
     import importlib.util
     import os
+    import signal
     import subprocess
     import sys
 
@@ -151,8 +152,17 @@ def app(
         "--server.address", address, "--server.headless", str(headless).lower(),
         "--browser.gatherUsageStats", "false",
     ]
-    print(f"medkd app on http://{address}:{port}  (research use only; Ctrl-C stops it)")
-    return subprocess.call(command, env=env)
+    print(f"medkd app on http://{address}:{port}  (research use only; Ctrl-C stops it)", flush=True)
+    server = subprocess.Popen(command, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # a stopped medkd stops the server
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def demo(

@@ -111,7 +111,8 @@ def _models() -> list[tuple[str, Any]]:
                    "`medkd bundle export --run RUN -o models/NAME`, or enter a bundle folder in the sidebar.")
         st.stop()
     names = list(options)
-    default = [custom.strip() and Path(custom.strip()).name or names[0]]
+    wanted = [n for n in st.query_params.get("models", "").split(",") if n in options][:2]  # ?models=a,b links
+    default = wanted or [custom.strip() and Path(custom.strip()).name or names[0]]
     chosen = st.sidebar.multiselect("Bundles (choose two to compare)", names, default=default, max_selections=2,
                                     key="models")
     if not chosen:
@@ -190,12 +191,16 @@ def _viewer(image: Any, results: list[Result]) -> None:
                                   key="window")
     opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
     truth = getattr(image, "ground_truth", None)
-    show_truth = truth is not None and st.sidebar.checkbox("Show the example's ground truth", value=False,
-                                                           key="truth")
+    show_truth = truth is not None and st.sidebar.checkbox(
+        "Show the example's ground truth", value=st.query_params.get("truth") == "1", key="truth"
+    )
     lo, hi = window_limits(image.array, preset)
-    cols = st.columns(3 if image.array.shape[0] > 1 else 1)
+    n_panels = len(results) + int(bool(show_truth))
+    orientations = ORIENTATIONS if image.array.shape[0] > 1 else ORIENTATIONS[:1]
+    # one orientation per column for a single mask; full-width rows when panels are compared side by side
+    cols = st.columns(len(orientations)) if n_panels == 1 else [st.container() for _ in orientations]
     st.session_state["medkd_current_view"] = {}
-    for col, orientation in zip(cols, ORIENTATIONS):
+    for col, orientation in zip(cols, orientations):
         n = slice_count(image.array.shape, orientation)
         start = default_index(results[0].mask, orientation)
         index = col.slider(f"{orientation} slice", 0, n - 1, start, key=f"slice_{orientation}") if n > 1 else 0
@@ -253,11 +258,11 @@ def _tables_and_downloads(image: Any, image_key: str, results: list[Result]) -> 
 
     st.subheader("Downloads")
     st.caption(DISCLAIMER)
-    cols = st.columns(4)
     chosen = results[0]
     if len(results) > 1:
         chosen = next(r for r in results if r.name == st.radio("Mask of", [r.name for r in results],
                                                                horizontal=True, key="download_model"))
+    cols = st.columns(4)
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in chosen.name)
     cols[0].download_button("Mask (NIfTI)", _file_bytes(("nii", chosen.name, image_key),
                                                         lambda: _nifti_bytes(image, chosen)),

@@ -201,6 +201,7 @@ def write_segmentation_outputs(volume: Any, mask: np.ndarray, ctx: WriteContext)
     """DICOM SEG (highdicom), NIfTI mask on the series geometry, and per-label volumes in mL."""
     from medkd.io.dicom_seg import write_seg
     from medkd.io.volume_io import write_mask_like
+    from medkd.viz.measure import label_volumes
 
     predictor, files = ctx.predictor, []
     if mask.shape != volume.array.shape:
@@ -212,14 +213,8 @@ def write_segmentation_outputs(volume: Any, mask: np.ndarray, ctx: WriteContext)
         ))
     if ctx.config.write_nifti:
         files.append(write_mask_like(mask, volume.reference_image(), ctx.work_dir / "mask.nii.gz"))
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    counts = np.bincount(mask.ravel(), minlength=max([l.value for l in predictor.labels], default=0) + 1)
-    volumes = {
-        label.name: {"value": label.value, "voxels": int(counts[label.value]),
-                     "volume_ml": round(float(counts[label.value]) * voxel_ml, 4)}
-        for label in predictor.labels
-    }
-    return files, {"labels": volumes}
+    rows = label_volumes(mask, predictor.labels, volume.spacing, ndigits=4)
+    return files, {"labels": {r["label"]: {k: r[k] for k in ("value", "voxels", "volume_ml")} for r in rows}}
 
 
 # --------------------------------------------------------------------------------------------- the run
