@@ -54,7 +54,8 @@ def render() -> None:
 
 
 def _input() -> tuple[Any, str]:
-    from medkd.io.upload import example_names, load_example, load_upload
+    from medkd.io.examples import example_names, load_example
+    from medkd.io.upload import load_upload
 
     demo = st.query_params.get("demo") == "1"
     st.sidebar.header("1 · Study")

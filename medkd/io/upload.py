@@ -18,16 +18,11 @@ Files that are none of these are ignored when the rest of the upload is usable (
 Every problem raises :class:`~medkd.errors.DataError` naming the file and saying, in clinical words, what is wrong;
 no message or log line holds patient data. Everything is written under ``workdir`` (the app's session folder).
 
-Example:
-    >>> import tempfile
-    >>> img = load_example("Synthetic CT phantom (DICOM)", tempfile.mkdtemp())
-    >>> img.kind, img.modality, img.array.shape, img.ground_truth.shape
-    ('dicom', 'CT', (24, 96, 96), (24, 96, 96))
+The bundled synthetic examples are in :mod:`medkd.io.examples`.
 """
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import logging
 import re
@@ -56,12 +51,11 @@ __all__ = [
     "MAX_ZIP_BYTES",
     "MAX_ZIP_MEMBERS",
     "MAX_VOLUME_BYTES",
-    "EXAMPLES",
     "LoadedImage",
     "sniff",
     "load_upload",
-    "example_names",
-    "load_example",
+    "loaded_from_dicom",
+    "spacing_zyx",
 ]
 
 logger = logging.getLogger(__name__)
@@ -388,7 +382,8 @@ def _no_series_error(entries: Sequence[FileEntry], upload: str) -> DataError:
     return DataError(upload, "no image series in the upload: " + "; ".join(parts))
 
 
-def _from_dicom_volume(vol: DicomVolume, name: str, note: str, folder: Path | None) -> LoadedImage:
+def loaded_from_dicom(vol: DicomVolume, name: str, note: str, folder: Path | None) -> LoadedImage:
+    """A :class:`LoadedImage` of a loaded DICOM series (``folder``: where its files live)."""
     return LoadedImage(
         array=vol.array,
         spacing=tuple(float(s) for s in vol.spacing),  # type: ignore[arg-type]
@@ -426,11 +421,12 @@ def _load_dicom(items: Sequence[_Staged], upload: str, notes: list[str], folder:
         raise _series_error(err, chosen.files, names, upload) from None
     except Exception as err:  # noqa: BLE001 - never show a traceback to the user
         raise DataError(upload, f"the DICOM series cannot be read ({type(err).__name__})") from None
-    return _from_dicom_volume(vol, upload, "; ".join(notes), folder)
+    return loaded_from_dicom(vol, upload, "; ".join(notes), folder)
 
 
 # --------------------------------------------------------------------------------------------- NIfTI and images
-def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+    """Voxel spacing ``(z, y, x)`` of a SimpleITK image; a 2D image gets 1.0 along z."""
     spacing = [float(s) for s in reversed(image.GetSpacing())]
     return tuple(([1.0] * (3 - len(spacing)) + spacing)[-3:])  # type: ignore[return-value]
 
@@ -449,7 +445,7 @@ def _load_nifti(item: _Staged, upload: str, notes: list[str], folder: Path | Non
     except Exception as err:  # noqa: BLE001
         raise DataError(item.name, f"the NIfTI file cannot be read ({type(err).__name__})") from None
     return LoadedImage(
-        vol.array, _spacing_zyx(vol.image), "nifti", upload, "", vol.image, note="; ".join(notes), folder=folder
+        vol.array, spacing_zyx(vol.image), "nifti", upload, "", vol.image, note="; ".join(notes), folder=folder
     )
 
 
@@ -552,115 +548,4 @@ def load_upload(files: Sequence[tuple[str, bytes]], workdir: str | Path) -> Load
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return loaded
-
-
-# --------------------------------------------------------------------------------------------- examples
-_CARDIAC_SEED = 20_240  # the demo trains on default_rng([0, patient]); an integer seed never collides with those
-_CT_SEED = 7
-_ATRIUM_SEED = 11
-
-
-def _cardiac_example(folder: Path) -> LoadedImage:
-    from medkd.data.acdc import ACDC_CLASSES
-    from medkd.data.synthetic import make_cardiac_volume
-    from medkd.data.synthetic_dicom import write_dicom_series
-    from medkd.io.dicom_volume import load_series_volume
-
-    image, label = make_cardiac_volume(np.random.default_rng(_CARDIAC_SEED), n_slices=10, size=64)
-    series = write_dicom_series(
-        folder,
-        pixels=np.round(image * 1000),
-        mask=label,
-        modality="MR",
-        series_description="Synthetic cine SAX",
-        pixel_spacing=(1.5, 1.5),
-        slice_spacing=10.0,
-        seed=_CARDIAC_SEED,
-    )
-    loaded = _from_dicom_volume(load_series_volume(series.paths), "", "", folder)
-    loaded.ground_truth, loaded.ground_truth_names = series.mask, tuple(ACDC_CLASSES)
-    return loaded
-
-
-def _ct_example(folder: Path) -> LoadedImage:
-    from medkd.data.synthetic_dicom import write_dicom_series
-    from medkd.io.dicom_volume import load_series_volume
-
-    series = write_dicom_series(
-        folder, n_slices=24, rows=96, cols=96, seed=_CT_SEED, series_description="Synthetic CT phantom"
-    )
-    loaded = _from_dicom_volume(load_series_volume(series.paths), "", "", folder)
-    loaded.ground_truth, loaded.ground_truth_names = series.mask, ("background", "ellipsoid")
-    return loaded
-
-
-def _atrium_example(folder: Path) -> LoadedImage:
-    import SimpleITK as sitk
-
-    from medkd.data.la import LA_CLASSES
-    from medkd.data.synthetic import make_atrium_volume
-    from medkd.io.volume_io import read_volume
-
-    image, label = make_atrium_volume(np.random.default_rng(_ATRIUM_SEED), shape=(64, 64, 40))  # (W, H, D)
-    nifti = sitk.GetImageFromArray(np.ascontiguousarray(image.transpose(2, 1, 0), dtype=np.float32))  # (z, y, x)
-    nifti.SetSpacing((0.625, 0.625, 0.625))  # the LA challenge's voxel size
-    path = folder / "atrium.nii.gz"
-    sitk.WriteImage(nifti, str(path), useCompression=True)
-    vol = read_volume(path)
-    return LoadedImage(
-        vol.array,
-        _spacing_zyx(vol.image),
-        "nifti",
-        "",
-        "MR",
-        vol.image,
-        folder=folder,
-        ground_truth=np.ascontiguousarray(label.transpose(2, 1, 0)),
-        ground_truth_names=tuple(LA_CLASSES),
-    )
-
-
-#: bundled synthetic examples: display name -> builder writing into a fresh folder
-EXAMPLES: dict[str, Callable[[Path], LoadedImage]] = {
-    "Synthetic cine MR (cardiac, ACDC-like)": _cardiac_example,
-    "Synthetic CT phantom (DICOM)": _ct_example,
-    "Synthetic atrium MR (3D, LA-like)": _atrium_example,
-}
-
-
-def example_names() -> list[str]:
-    """Names of the bundled synthetic examples, for a select box.
-
-    Example:
-        >>> example_names()[0]
-        'Synthetic cine MR (cardiac, ACDC-like)'
-    """
-    return list(EXAMPLES)
-
-
-def load_example(name: str, workdir: str | Path) -> LoadedImage:
-    """Build a synthetic example (deterministic, well under a second) in a fresh subfolder of ``workdir``.
-
-    The DICOM examples are written as a series and read back through the DICOM path, so DICOM SEG export works
-    for them as for uploads; ``ground_truth`` holds their true labels.
-
-    Args:
-        name: one of :func:`example_names`.
-        workdir: the session's temporary folder.
-
-    Returns:
-        The :class:`LoadedImage` with ``ground_truth`` and ``ground_truth_names``.
-
-    Raises:
-        KeyError: for an unknown name, with close matches.
-    """
-    if name not in EXAMPLES:
-        close = difflib.get_close_matches(name, list(EXAMPLES), n=3, cutoff=0.3)
-        raise KeyError(f"unknown example {name!r}; did you mean {close or list(EXAMPLES)}?")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="example-", dir=workdir))
-    loaded = EXAMPLES[name](folder)
-    loaded.name = name
     return loaded

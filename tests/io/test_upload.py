@@ -23,8 +23,9 @@ from pydicom.data import get_testdata_file, get_testdata_files  # noqa: E402
 from medkd.data.synthetic import make_cardiac_volume  # noqa: E402
 from medkd.data.synthetic_dicom import write_dicom_series  # noqa: E402
 from medkd.errors import DataError  # noqa: E402
-from medkd.io import upload  # noqa: E402
-from medkd.io.upload import LoadedImage, example_names, load_example, load_upload, sniff  # noqa: E402
+from medkd.io import examples, upload  # noqa: E402
+from medkd.io.examples import example_names, load_example  # noqa: E402
+from medkd.io.upload import LoadedImage, load_upload, sniff  # noqa: E402
 from medkd.io.volume_io import write_mask_like  # noqa: E402
 
 #: identifying values write_dicom_series puts in every file; none may reach info() or a message
@@ -299,7 +300,7 @@ def test_examples_load_deterministically_with_ground_truth(name: str, tmp_path: 
 
 def test_cardiac_example_is_the_training_distribution(tmp_path: Path) -> None:
     img = load_example("Synthetic cine MR (cardiac, ACDC-like)", tmp_path / "work")
-    image, label = make_cardiac_volume(np.random.default_rng(upload._CARDIAC_SEED), n_slices=10, size=64)
+    image, label = make_cardiac_volume(np.random.default_rng(examples._CARDIAC_SEED), n_slices=10, size=64)
     np.testing.assert_array_equal(img.array, np.round(image * 1000))
     np.testing.assert_array_equal(img.ground_truth, label)
     assert img.modality == "MR" and img.spacing == pytest.approx((10.0, 1.5, 1.5))

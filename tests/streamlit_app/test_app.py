@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import zipfile
 
@@ -99,3 +100,10 @@ def test_zip_of_dicom_upload_segments(app_env, tmp_path):
     assert len(at.image) == 3
     text = _texts(at)
     assert "Synthetic^Phantom" not in text and "SYN0001" not in text  # no PHI on the page
+
+    # the upload was written only inside the session's temporary folder, which goes with the session
+    session_tmp = Path(at.session_state["medkd_tmp"].name)
+    assert len(list(session_tmp.rglob("*.dcm"))) >= len(series.paths)
+    del at
+    gc.collect()
+    assert not session_tmp.exists()
