@@ -150,7 +150,7 @@ def app(
     command = [
         sys.executable, "-m", "streamlit", "run", importlib.util.find_spec("medkd.app.main").origin, "--server.port", str(port),
         "--server.address", address, "--server.headless", str(headless).lower(),
-        "--browser.gatherUsageStats", "false",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",  # no developer menu/Deploy
     ]
     print(f"medkd app on http://{address}:{port}  (research use only; Ctrl-C stops it)", flush=True)
     server = subprocess.Popen(command, env=env)
