@@ -176,21 +176,22 @@ def _final_state(task: ToyTask) -> list[torch.Tensor]:
     return tensors + [s["momentum_buffer"] for s in task.optimizer.state.values()]
 
 
+@pytest.fixture
+def python_sigint_handler() -> Iterator[None]:
+    """Python's own Ctrl-C handler, whatever this process inherited (a shell's background job starts with SIGINT
+    ignored, and Python then keeps it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(
     "interruption, saved_iteration",
     [({"interrupt_at": 6}, 5), ({"interrupt_at": 8}, 7), ({"sigint_in_step": 7}, 7), ({"interrupt_at": 1}, 0)],
 )
-def test_interrupted_run_resumes_exactly(tmp_path: Path, interruption: dict, saved_iteration: int) -> None:
-    # Python's own Ctrl-C handler, whatever this process inherited (a shell's background job starts with SIGINT
-    # ignored, and Python then keeps it ignored)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _interrupt_and_resume(tmp_path, interruption, saved_iteration)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _interrupt_and_resume(tmp_path: Path, interruption: dict, saved_iteration: int) -> None:
+def test_interrupted_run_resumes_exactly(
+    tmp_path: Path, interruption: dict, saved_iteration: int, python_sigint_handler: None
+) -> None:
     cfg = _cfg()
     reference = ToyTask(lr_schedule=True)
     torch.manual_seed(123)
