@@ -51,6 +51,14 @@ def test_example_runs_model_and_shows_viewer(app_env, monkeypatch):
     labels = {b.label for b in at.download_button}
     assert {"Mask (NIfTI)", "Mask (DICOM SEG)", "Volumes (CSV)", "Current axial view (PNG)"} <= labels
 
+    # the overlay is drawn in the label colours; opacity 0 leaves the grey image alone
+    view = at.session_state["medkd_current_view"]["axial"]
+    assert view.ndim == 3 and view.shape[2] == 3 and min(view.shape[:2]) >= 256
+    assert (view[..., 0] != view[..., 1]).any()
+    at.slider(key="opacity").set_value(0.0).run()
+    grey = at.session_state["medkd_current_view"]["axial"]
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
     # moving sliders and the opacity redraws from the cache: no new inference
     at.slider(key="slice_axial").set_value(2).run()
     at.slider(key="opacity").set_value(0.9).run()
