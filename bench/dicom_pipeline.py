@@ -94,7 +94,8 @@ def main() -> None:
     inputs = work / "in"
     t0 = time.perf_counter()
     _write_inputs(inputs, args.series, args.slices, args.size)
-    print(f"inputs ready in {time.perf_counter() - t0:.1f} s: {args.series} series of {args.size}x{args.size}x{args.slices}")
+    shape = f"{args.size}x{args.size}x{args.slices}"
+    print(f"inputs ready in {time.perf_counter() - t0:.1f} s: {args.series} series of {shape}")
     import pydicom
 
     middle = sorted((inputs / "series0").glob("*.dcm"))[args.slices // 2]

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "bcp_train", "bcp_eval", "bcp_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app", "demo",
+    "bcp_train", "bcp_eval", "bcp_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
+    "demo",
 ]
 
 
@@ -67,7 +68,8 @@ def bcp_eval(
     finally:
         bar.close()
     summary.update(
-        run=str(run), split=split, checkpoint=str(checkpoint_path(run, cfg, checkpoint, stage)), dataset=cfg.dataset.value,
+        run=str(run), split=split, checkpoint=str(checkpoint_path(run, cfg, checkpoint, stage)),
+        dataset=cfg.dataset.value,
         method=cfg.method.value, selection_on_test=cfg.resolved_val_split() == "test",
     )
     write_cases_csv(summary, Path(run) / f"metrics_per_case_{stage + '_' if stage else ''}{split}.csv")
@@ -148,7 +150,8 @@ def app(
     if models is not None:
         env["MEDKD_MODELS"] = str(Path(models).resolve())
     command = [
-        sys.executable, "-m", "streamlit", "run", importlib.util.find_spec("medkd.app.main").origin, "--server.port", str(port),
+        sys.executable, "-m", "streamlit", "run", importlib.util.find_spec("medkd.app.main").origin,
+        "--server.port", str(port),
         "--server.address", address, "--server.headless", str(headless).lower(),
         "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",  # no developer menu/Deploy
     ]

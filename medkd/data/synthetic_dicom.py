@@ -128,9 +128,11 @@ def write_dicom_series(
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality.upper() == "CT" else "OTHER"]
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^Phantom", "SYN0001", "19700101", "O"
+        ds.PatientName, ds.PatientID = "Synthetic^Phantom", "SYN0001"
+        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
         ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyDescription = "1", "ACC0001", "", "Synthetic study"
+        ds.StudyID, ds.AccessionNumber = "1", "ACC0001"
+        ds.ReferringPhysicianName, ds.StudyDescription = "", "Synthetic study"
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 1, series_description
         ds.Modality, ds.Manufacturer = modality.upper(), "medkd synthetic"
         ds.PatientPosition, ds.BodyPartExamined = "HFS", "CHEST"

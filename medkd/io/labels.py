@@ -21,7 +21,9 @@ from typing import Any
 from medkd.errors import ConfigError
 from medkd.io.overlay import LABEL_COLOURS
 
-__all__ = ["Code", "LabelInfo", "KNOWN_CODES", "ANATOMICAL_STRUCTURE", "TISSUE", "labels_from_names", "labels_from_dicts"]
+__all__ = [
+    "Code", "LabelInfo", "KNOWN_CODES", "ANATOMICAL_STRUCTURE", "TISSUE", "labels_from_names", "labels_from_dicts",
+]
 
 Code = tuple[str, str, str]  # (scheme designator, code value, code meaning)
 

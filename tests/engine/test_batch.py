@@ -190,7 +190,8 @@ def test_worker_processes_give_the_same_outputs(tmp_path):
     write_dicom_series(root / "b", n_slices=4, rows=16, cols=16, seed=8)
     serial = run_pipeline(CT_ONLY, root, tmp_path / "s", workers=0, predictor=threshold_predictor(), progress=False)
     pooled = run_pipeline(CT_ONLY, root, tmp_path / "p", workers=2, predictor=threshold_predictor(), progress=False)
-    assert [r.status for r in _rows(pooled, "series")] == [r.status for r in _rows(serial, "series")] == ["processed"] * 2
+    statuses = [r.status for r in _rows(pooled, "series")]
+    assert statuses == [r.status for r in _rows(serial, "series")] == ["processed"] * 2
     rel = Path(a.study_uid) / a.series_uid / "seg.dcm"
     # deterministic UIDs and content whichever way the series was decoded (only creation times differ)
     s_seg, p_seg = (pydicom.dcmread(tmp_path / d / rel) for d in ("s", "p"))

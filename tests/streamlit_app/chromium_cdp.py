@@ -70,7 +70,8 @@ def capture(
             while time.time() < deadline:
                 result = call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
                 text = result.get("result", {}).get("value", "") or ""
-                running = call("Runtime.evaluate", expression="!!document.querySelector('[data-testid=stStatusWidget]')")
+                busy = "!!document.querySelector('[data-testid=stStatusWidget]')"  # Streamlit's "Running..." widget
+                running = call("Runtime.evaluate", expression=busy)
                 if wait_for in text and not running.get("result", {}).get("value", False):
                     break
                 time.sleep(0.5)
