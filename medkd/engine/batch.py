@@ -72,6 +72,8 @@ class PipelineConfig:
             empty selects every image series.
         write_seg: write a DICOM SEG per series. seg_type: ``binary`` (default) or ``labelmap``.
         write_nifti: write the mask as NIfTI on the series geometry.
+        all_matched: process every series that matches a rule (default); ``false`` keeps one series per study and
+            rule, the one with the most slices (ties: lowest SeriesNumber, then UID), as MONAI Deploy's selector.
     """
 
     name: str = "pipeline"
@@ -82,6 +84,7 @@ class PipelineConfig:
     write_seg: bool = True
     seg_type: str = "binary"
     write_nifti: bool = True
+    all_matched: bool = True
 
     def __post_init__(self) -> None:
         if self.seg_type not in ("binary", "labelmap"):
@@ -231,6 +234,25 @@ def _fingerprint(cfg: PipelineConfig, predictor: Any, sop_uids: Sequence[str]) -
         "pipeline_sha256": hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest(),
         "instances_sha256": hashlib.sha256("\n".join(sorted(sop_uids)).encode()).hexdigest(),
     }
+
+
+def _one_per_study(jobs: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any, str]]]:
+    """Keep, per study and rule, the series with the most files (ties: lowest SeriesNumber, then UID)."""
+
+    def rank(job: tuple[Any, Any]) -> tuple:
+        number = job[0].header.get("SeriesNumber")
+        return (-job[0].n_files, int(number) if str(number or "").lstrip("-").isdigit() else 1 << 30, job[0].series_uid)
+
+    kept: dict[tuple[str, str], tuple[Any, Any]] = {}
+    for job in sorted(jobs, key=rank):
+        kept.setdefault((job[0].study_uid, job[1].name), job)
+    keep = {id(job) for job in kept.values()}
+    dropped = [
+        (s, r, f"all_matched is false: series {kept[(s.study_uid, r.name)][0].series_uid} of this study was chosen "
+               f"for rule {r.name}")
+        for s, r in (job for job in jobs if id(job) not in keep)
+    ]
+    return [job for job in jobs if id(job) in keep], dropped
 
 
 def _same(done_file: Path, fingerprint: dict[str, Any]) -> bool:
@@ -409,7 +431,7 @@ class _Batch:
             if in_shard(entry.series_uid or self.rel(entry.path), self.shard):
                 self.rows.append(ReportRow("file", entry.status, str(entry.reason or ""), entry.message,
                                            self.rel(entry.path), series_uid=entry.series_uid or ""))
-        jobs = self._select([s for s in series_list if in_shard(s.series_uid, self.shard)])
+        jobs = self._select(series_list)
         if not jobs:
             logger.info("no series selected")
             return
@@ -423,16 +445,24 @@ class _Batch:
         self._infer_and_write(todo, predictor, writer)
 
     def _select(self, series_list: list[Any]) -> list[tuple[Any, Any]]:
+        """Series to process (this shard's), after the rules; the others get a ``skipped`` row.
+
+        Runs over every series before sharding, so ``all_matched: false`` picks the same series on every shard.
+        """
         from medkd.io.dicom_select import select_series
 
-        jobs = []
+        jobs, rows = [], []
         for series in series_list:
             selection = select_series(series, self.rules)
             if selection.rule is None:
-                self.rows.append(self._series_row(series, "skipped", str(selection.reason), selection.message))
+                rows.append(self._series_row(series, "skipped", str(selection.reason), selection.message))
             else:
                 jobs.append((series, selection.rule))
-        return jobs
+        if not self.cfg.all_matched:
+            jobs, extra = _one_per_study(jobs)
+            rows += [self._series_row(s, "skipped", "not_selected", message, r.name) for s, r, message in extra]
+        self.rows += [row for row in rows if in_shard(row.series_uid, self.shard)]
+        return [(s, r) for s, r in jobs if in_shard(s.series_uid, self.shard)]
 
     def _series_row(self, series: Any, status: str, reason: str = "", message: str = "", rule: str = "") -> ReportRow:
         return ReportRow("series", status, reason, message, self.rel(series.files[0].parent), series.study_uid,

@@ -234,3 +234,21 @@ def test_whole_pydicom_test_folder_never_crashes(tmp_path, recwarn):
             assert (folder / "done.json").is_file()
     # pydicom/highdicom value warnings quote header values (patient names): none may escape the run
     assert not [w for w in recwarn if "pydicom" in w.filename or "highdicom" in w.filename]
+
+
+def test_all_matched_false_keeps_one_series_per_study_on_every_shard(tmp_path):
+    root = tmp_path / "in"
+    big = write_dicom_series(root / "big", n_slices=6, rows=16, cols=16, seed=1)
+    small = write_dicom_series(root / "small", n_slices=4, rows=16, cols=16, seed=2, study_uid=big.study_uid)
+    other = write_dicom_series(root / "other", n_slices=3, rows=16, cols=16, seed=3)
+    cfg = PipelineConfig(name="one", selection=CT_ONLY.selection, all_matched=False)
+    summary = run_pipeline(cfg, root, tmp_path / "out", workers=0, predictor=threshold_predictor(), progress=False)
+    status = {r.series_uid: (r.status, r.reason) for r in _rows(summary, "series")}
+    assert status[big.series_uid] == ("processed", "") and status[other.series_uid] == ("processed", "")
+    assert status[small.series_uid] == ("skipped", "not_selected")
+    assert big.series_uid in next(r.message for r in _rows(summary, "series") if r.series_uid == small.series_uid)
+    # sharding does not change which series is chosen
+    shards = [run_pipeline(cfg, root, tmp_path / "sh", workers=0, shard=f"{k}/2", predictor=threshold_predictor(),
+                           progress=False) for k in (1, 2)]
+    merged = {r.series_uid: (r.status, r.reason) for p in shards for r in _rows(p, "series")}
+    assert merged == status
