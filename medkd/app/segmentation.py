@@ -209,6 +209,10 @@ def _viewer(image: Any, results: list[Result]) -> None:
         picture = side_by_side(panels, titles) if len(panels) > 1 else panels[0]
         st.session_state["medkd_current_view"][orientation] = picture
         col.image(picture, caption=f"{orientation} {index + 1}/{n}", width="stretch")
+    views = st.session_state["medkd_current_view"]
+    if len(views) > 1:  # the PNG download: the three orientations as shown, side by side
+        views["all"] = side_by_side([views[o] for o in orientations], [f"{o} · {DISCLAIMER}" if o == orientations[0]
+                                                                         else o for o in orientations])
     legend = legend_entries(results[0].predictor.labels, results[0].mask)
     st.markdown(" &nbsp; ".join(
         f"<span style='color:{e['colour']};font-size:1.3em'>■</span> {e['name']}" for e in legend
@@ -276,8 +280,8 @@ def _tables_and_downloads(image: Any, image_key: str, results: list[Result]) -> 
         cols[1].caption("DICOM SEG: only for DICOM inputs")
     cols[2].download_button("Volumes (CSV)", volumes_csv(rows, disclaimer=DISCLAIMER), file_name="volumes.csv",
                             mime="text/csv", key="dl_csv")
-    view = st.session_state.get("medkd_current_view", {}).get("axial")
+    views = st.session_state.get("medkd_current_view", {})
+    view = views.get("all", views.get("axial"))
     if view is not None:
-        buffer = io.BytesIO(to_png(view))
-        cols[3].download_button("Current axial view (PNG)", buffer, file_name="view_axial.png", mime="image/png",
-                                key="dl_png")
+        cols[3].download_button("Current view (PNG)", io.BytesIO(to_png(view)), file_name="medkd_view.png",
+                                mime="image/png", key="dl_png")

@@ -49,7 +49,7 @@ def test_example_runs_model_and_shows_viewer(app_env, monkeypatch):
     assert list(table["label"]) == ["RV", "Myo", "LV"] and (table["volume_ml"] >= 0).all()
     assert table["voxels"].sum() > 0
     labels = {b.label for b in at.download_button}
-    assert {"Mask (NIfTI)", "Mask (DICOM SEG)", "Volumes (CSV)", "Current axial view (PNG)"} <= labels
+    assert {"Mask (NIfTI)", "Mask (DICOM SEG)", "Volumes (CSV)", "Current view (PNG)"} <= labels
 
     # the overlay is drawn in the label colours; opacity 0 leaves the grey image alone
     view = at.session_state["medkd_current_view"]["axial"]
@@ -58,6 +58,8 @@ def test_example_runs_model_and_shows_viewer(app_env, monkeypatch):
     at.slider(key="opacity").set_value(0.0).run()
     grey = at.session_state["medkd_current_view"]["axial"]
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    both = at.session_state["medkd_current_view"]["all"]  # the PNG download: three orientations side by side
+    assert both.shape[1] > 3 * min(grey.shape[:2])
 
     # moving sliders and the opacity redraws from the cache: no new inference
     at.slider(key="slice_axial").set_value(2).run()
