@@ -11,9 +11,9 @@ duplicate a position, or write one slice with a different shape.
 
 Example:
     >>> import tempfile
-    >>> paths = write_dicom_series(tempfile.mkdtemp(), n_slices=4, rows=16, cols=16)
-    >>> len(paths)
-    4
+    >>> series = write_dicom_series(tempfile.mkdtemp(), n_slices=4, rows=16, cols=16)
+    >>> len(series.paths), series.pixels.shape
+    (4, (4, 16, 16))
 """
 
 from __future__ import annotations

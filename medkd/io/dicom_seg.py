@@ -18,7 +18,7 @@ installed and returns its error lines.
 Example:
     >>> import tempfile, numpy as np, pydicom
     >>> from medkd.data.synthetic_dicom import write_dicom_series
-from medkd.io.labels import labels_from_names
+    >>> from medkd.io.labels import labels_from_names
     >>> folder = tempfile.mkdtemp()
     >>> series = write_dicom_series(folder, n_slices=3, rows=8, cols=8)
     >>> datasets = [pydicom.dcmread(p) for p in series.paths]
@@ -54,8 +54,6 @@ __all__ = [
     "SegType",
     "LO_MAX",
     "require_highdicom",
-    "SOURCE_TAGS_PRESENT",
-    "SOURCE_TAGS_SET",
     "source_tag_problems",
     "check_source",
     "seg_uids",
@@ -71,18 +69,6 @@ logger = logging.getLogger(__name__)
 
 LO_MAX = 64  # DICOM Long String (LO) limit
 _MISSING_HIGHDICOM = 'highdicom is needed to write DICOM SEG/SR: pip install "medkd[dicom]"'
-
-
-#: source tags highdicom copies into a SEG/SR: they must be present in every slice, but may be empty
-SOURCE_TAGS_PRESENT: tuple[str, ...] = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
-    "AccessionNumber", "SliceThickness",
-)  # fmt: skip
-#: source tags that must have a value in every slice (geometry and identity)
-SOURCE_TAGS_SET: tuple[str, ...] = (
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-)  # fmt: skip
 
 
 class SegType(StrEnum):
@@ -110,27 +96,19 @@ def require_highdicom() -> Any:
 
 
 def source_tag_problems(datasets: Sequence[Dataset]) -> list[str]:
-    """What the source slices lack for a SEG or SR, as ``"<Tag> missing"``/``"<Tag> empty"`` (no duplicates).
+    """What the source slices lack for a SEG or SR, as ``"<Tag> missing"``/``"<Tag> empty"`` (no duplicates):
+    the volume stage's check (:func:`medkd.io.dicom_volume.tag_problems`), so both stages agree.
 
     An empty ``SliceThickness`` is fine: :func:`write_seg` then writes the slice spacing in its place.
 
     Example:
         >>> from pydicom import Dataset
-        >>> source_tag_problems([Dataset()])[:2]
-        ['SOPClassUID missing', 'SOPInstanceUID missing']
+        >>> "SOPInstanceUID missing" in source_tag_problems([Dataset()])
+        True
     """
-    problems: dict[str, None] = {}  # an ordered set
-    for ds in datasets:
-        for tag in SOURCE_TAGS_SET + SOURCE_TAGS_PRESENT:
-            if tag not in ds:
-                problems[f"{tag} missing"] = None
-            elif tag in SOURCE_TAGS_SET and _is_empty(ds[tag].value):
-                problems[f"{tag} empty"] = None
-    return list(problems)
+    from medkd.io.dicom_volume import tag_problems
 
-
-def _is_empty(value: Any) -> bool:
-    return value is None or (hasattr(value, "__len__") and len(value) == 0)
+    return list(tag_problems(datasets))
 
 
 def check_source(datasets: Sequence[Dataset]) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "ORIENTATION_TOL",
     "SPACING_RTOL",
     "load_series_volume",
+    "tag_problems",
     "sort_by_position",
 ]
 
@@ -74,6 +75,7 @@ HIGHDICOM_PRESENT_TAGS: tuple[str, ...] = (
 )
 #: tags that must have a value (geometry, decoding, and highdicom's frame of reference)
 REQUIRED_SET_TAGS: tuple[str, ...] = (
+    "SOPClassUID",
     "StudyInstanceUID",  # empty UIDs make highdicom fail late (sqlite IntegrityError), empty Modality too
     "SeriesInstanceUID",
     "SOPInstanceUID",
@@ -198,24 +200,31 @@ def _read(path: Path) -> Dataset:
         raise SeriesError(Reason.UNREADABLE, f"{path.name}: cannot parse header: {type(err).__name__}: {err}") from err
 
 
-def _check_tags(datasets: Sequence[Dataset]) -> None:
-    """Raise ``MISSING_TAGS`` naming absent or empty required tags (and in how many files)."""
+def tag_problems(datasets: Sequence[Dataset]) -> dict[str, int]:
+    """Absent or empty required tags (highdicom's and the geometry's), each with the number of slices affected:
+    ``{"PatientSex missing": 1, "ImagePositionPatient empty": 2, ...}``; empty when the series is complete."""
     problems: dict[str, int] = {}
     for ds in datasets:
-        for kw in HIGHDICOM_PRESENT_TAGS:
-            if kw not in ds:
-                problems[f"{kw} missing"] = problems.get(f"{kw} missing", 0) + 1
+        found = [f"{kw} missing" for kw in HIGHDICOM_PRESENT_TAGS if kw not in ds]
         for kw in REQUIRED_SET_TAGS:
             if kw in ds and ds.get(kw) in (None, "", []):
-                problems[f"{kw} empty"] = problems.get(f"{kw} empty", 0) + 1
+                found.append(f"{kw} empty")
             elif kw not in ds and kw not in HIGHDICOM_PRESENT_TAGS:
-                problems[f"{kw} missing"] = problems.get(f"{kw} missing", 0) + 1
+                found.append(f"{kw} missing")
         for kw, count in _VALUE_COUNTS.items():
             value = ds.get(kw)
             if value not in (None, "") and len(np.atleast_1d(value)) != count:
-                problems[f"{kw} needs {count} values"] = problems.get(f"{kw} needs {count} values", 0) + 1
+                found.append(f"{kw} needs {count} values")
         if "PixelData" not in ds:
-            problems["PixelData missing"] = problems.get("PixelData missing", 0) + 1
+            found.append("PixelData missing")
+        for what in found:
+            problems[what] = problems.get(what, 0) + 1
+    return problems
+
+
+def _check_tags(datasets: Sequence[Dataset]) -> None:
+    """Raise ``MISSING_TAGS`` naming absent or empty required tags (and in how many files)."""
+    problems = tag_problems(datasets)
     if problems:
         n = len(datasets)
         listed = ", ".join(f"{what} ({count}/{n} files)" for what, count in problems.items())
