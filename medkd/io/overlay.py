@@ -24,16 +24,10 @@ LABEL_COLOURS = np.array(
 )
 
 
-def _to_grey(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    lo, hi = window if window is not None else (float(np.percentile(image, 0.5)), float(np.percentile(image, 99.5)))
-    return np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-
-
 def overlay_rgb(
     image: np.ndarray, mask: np.ndarray | None, *, opacity: float = 0.45, window: tuple[float, float] | None = None
 ) -> np.ndarray:
-    """Blend a label map over a greyscale 2D image.
+    """Blend a label map over a greyscale 2D image, at its own size, in the default label colours.
 
     Args:
         image: ``(H, W)`` intensities; scaled by ``window`` (low, high) or by its 0.5-99.5 percentiles.
@@ -41,17 +35,15 @@ def overlay_rgb(
         opacity: weight of the label colour where a label is present.
 
     Returns:
-        ``(H, W, 3)`` uint8 RGB.
+        ``(H, W, 3)`` uint8 RGB (drawn by :func:`medkd.viz.views.render_view`, as in the app).
     """
-    grey = np.repeat(_to_grey(image, window)[..., None] * 255.0, 3, axis=-1)
-    if mask is None:
-        return grey.astype(np.uint8)
-    mask = np.asarray(mask)
-    if mask.shape != grey.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} does not match image shape {grey.shape[:2]}")
-    colours = LABEL_COLOURS[np.clip(mask, 0, len(LABEL_COLOURS) - 1)].astype(np.float32)
-    alpha = (mask > 0)[..., None] * opacity
-    return (grey * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+    from medkd.viz.views import render_view
+
+    image = np.asarray(image, dtype=np.float32)
+    if mask is not None and np.shape(mask) != image.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} does not match image shape {image.shape}")
+    lo, hi = window if window is not None else (float(np.percentile(image, 0.5)), float(np.percentile(image, 99.5)))
+    return render_view(image, mask, (), lo=lo, hi=hi if hi > lo else lo + 1.0, opacity=opacity, scale=1)
 
 
 def save_overlay_png(
