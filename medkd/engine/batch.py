@@ -414,6 +414,7 @@ class _Batch:
         self.rules = parse_rules(cfg.selection, source=f"{pipeline_file or cfg.name}: selection")
         self.rows: list[ReportRow] = []
         self.entries: list[Any] = []
+        self.sop_uids: dict[str, list[str]] = {}  # series UID -> its instances (the fingerprint's input)
         self.scan_seconds = 0.0
 
     def rel(self, path: str | Path) -> str:
@@ -427,6 +428,9 @@ class _Batch:
         start = time.perf_counter()
         series_list, self.entries = scan_tree(self.input_dir, progress=self.progress)
         self.scan_seconds = time.perf_counter() - start
+        for entry in self.entries:
+            if entry.status == "ok" and entry.series_uid:
+                self.sop_uids.setdefault(entry.series_uid, []).append(entry.sop_uid or "")
         for entry in self.entries:
             if in_shard(entry.series_uid or self.rel(entry.path), self.shard):
                 self.rows.append(ReportRow("file", entry.status, str(entry.reason or ""), entry.message,
@@ -469,8 +473,7 @@ class _Batch:
                          series.series_uid, rule, series.n_files)
 
     def _fingerprint(self, series: Any, predictor: Any) -> dict[str, Any]:
-        sop_uids = [e.sop_uid or "" for e in self.entries if e.series_uid == series.series_uid and e.status == "ok"]
-        return _fingerprint(self.cfg, predictor, sop_uids)
+        return _fingerprint(self.cfg, predictor, self.sop_uids.get(series.series_uid, []))
 
     def _unchanged(self, series: Any, rule: Any, predictor: Any) -> bool:
         final = self.out_dir / series.study_uid / series.series_uid
