@@ -46,7 +46,7 @@ def render() -> None:
     image, image_key = _input()
     predictors = _models()
     results = _run(image, image_key, predictors)
-    _viewer(image, results)
+    _viewer(image, image_key, results)
     _tables_and_downloads(image, image_key, results)
 
 
@@ -182,7 +182,7 @@ def _panels(image: Any, results: list[Result], orientation: str, index: int, lo:
     return panels, titles
 
 
-def _viewer(image: Any, results: list[Result]) -> None:
+def _viewer(image: Any, image_key: str, results: list[Result]) -> None:
     from medkd.viz.views import ORIENTATIONS, default_index, legend_entries, side_by_side, slice_count
     from medkd.viz.window import WINDOW_PRESETS, default_preset, window_limits
 
@@ -195,7 +195,10 @@ def _viewer(image: Any, results: list[Result]) -> None:
     show_truth = truth is not None and st.sidebar.checkbox(
         "Show the example's ground truth", value=st.query_params.get("truth") == "1", key="truth"
     )
-    lo, hi = window_limits(image.array, preset)
+    windows = session_cache("windows")  # percentiles of a large volume: once per input and preset
+    if (image_key, preset) not in windows:
+        windows[(image_key, preset)] = window_limits(image.array, preset)
+    lo, hi = windows[(image_key, preset)]
     n_panels = len(results) + int(bool(show_truth))
     orientations = ORIENTATIONS if image.array.shape[0] > 1 else ORIENTATIONS[:1]
     # one orientation per column for a single mask; full-width rows when panels are compared side by side
