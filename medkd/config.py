@@ -92,8 +92,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
             num = tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}"[:300]) from None
         if tp is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return num
@@ -121,6 +121,8 @@ def config_from_dict(
     merged = dict(data)
     extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
     for key, value in [(k, v) for k, v in merged.items()] + [(k, v) for k, v in extra.items()]:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: config keys must be names, got {key!r}")
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["MedkdError", "ConfigError", "DataError"]
+__all__ = ["MedkdError", "ConfigError", "DataError", "UntrustedBundleError"]
 
 
 class MedkdError(Exception):
@@ -32,3 +32,23 @@ class DataError(MedkdError, ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class UntrustedBundleError(DataError):
+    """A bundle's configs hold code (a ``$`` expression or a ``_target_`` outside medkd's allowlist) and the user
+    did not pass ``--trust-bundle`` / ``trust=True``.
+
+    Args:
+        path: the config file.
+        key: where the code is, as a config path (``inferer#_target_``).
+        problem: what was refused and how to proceed.
+
+    Example:
+        >>> err = UntrustedBundleError("b/configs/inference.json", "run", "'$os.system(...)' is a $ expression")
+        >>> err.key
+        'run'
+    """
+
+    def __init__(self, path: str | PathLike[str], key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(path, f"{key}: {problem}")

@@ -100,3 +100,62 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert len(summary["dicom_seg"]) == 1 and Path(summary["dicom_seg"][0]).is_file()  # the MR series only
     report = (tmp_path / "demo" / "dicom_out" / "medkd_report.csv").read_text()
     assert "processed" in report and "not_selected" in report  # the CT series is left out by the rules
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("lr=nan", "lr"), ("lr=inf", "lr"), ("lr=-1", "lr"), ("patch=[0,0]", "patch"), ("num_classes=0", "num_classes"),
+     ("seed=-1", "seed"), ("num_workers=-1", "num_workers"), ("patch=[60,60]", "patch")],
+)
+def test_bad_training_values_exit_2_naming_the_key(capsys, tmp_path, override, key):
+    from medkd.data.synthetic import write_synthetic_acdc
+
+    root = write_synthetic_acdc(tmp_path / "acdc", n_train=4, n_val=1, n_test=1, n_slices=4, seed=0)
+    err = _err(capsys, ["bcp", "train", "--config", CPU_2D, "--data-root", str(root), "--out", str(tmp_path / "r"),
+                        "--set", "labeled=1", "--set", "pretrain_iterations=1", "--set", "selftrain_iterations=1",
+                        "--set", override])
+    assert key in err and not (tmp_path / "r" / "pretrain").exists()  # refused before any training
+
+
+def test_too_few_items_for_a_batch_is_a_data_error(capsys, tmp_path):
+    from medkd.data.synthetic import write_synthetic_acdc
+
+    root = write_synthetic_acdc(tmp_path / "acdc", n_train=4, n_val=1, n_test=1, n_slices=2, seed=0)
+    err = _err(capsys, ["bcp", "train", "--config", CPU_2D, "--data-root", str(root), "--out", str(tmp_path / "r"),
+                        "--set", "labeled=1", "--set", "pretrain_iterations=1", "--set", "selftrain_iterations=1",
+                        "--set", "val_interval=100"])
+    assert "fewer than" in err and "set:" in err
+
+
+def test_output_path_that_is_a_file_exits_2(capsys, tmp_path, run_2d, nifti_dir):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for argv in (["bcp", "predict", "--run", str(run_2d), "-i", str(nifti_dir), "-o", str(blocker)],
+                 ["bcp", "predict", "--run", str(run_2d), "-i", str(nifti_dir / "case1.nii.gz"), "-o",
+                  str(blocker / "case1_seg.nii.gz")]):
+        assert str(blocker) in _err(capsys, argv)
+
+
+def test_internal_error_prints_one_line_and_the_log_path(capsys, tmp_path, monkeypatch):
+    from medkd import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    monkeypatch.setenv("MEDKD_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(api, "bcp_eval", broken)
+    assert main(["bcp", "eval", "--run", str(tmp_path), "--data-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("medkd: internal error: RuntimeError: something inside broke; details in ")
+    log = Path(err.rsplit("details in ", 1)[1])
+    assert log.parent == tmp_path / "logs" and "Traceback" in log.read_text() and "second line" in log.read_text()
+
+
+def test_unknown_key_error_that_is_not_a_registry_name_is_an_internal_error(capsys, tmp_path, monkeypatch):
+    from medkd import api
+
+    monkeypatch.setenv("MEDKD_LOG_DIR", str(tmp_path))
+    monkeypatch.setattr(api, "bcp_eval", lambda *a, **k: {}["missing"])
+    assert main(["bcp", "eval", "--run", str(tmp_path), "--data-root", str(tmp_path)]) == 1
+    assert "internal error: KeyError" in capsys.readouterr().err

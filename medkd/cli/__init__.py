@@ -5,20 +5,26 @@ Each module here adds its subcommand with ``add_parser(subparsers)`` and sets ``
 :data:`COMMANDS`). Heavy libraries are imported only inside handlers, so ``medkd --help`` is instant.
 
 Exit codes: 0 done (skips allowed), 1 fatal, 2 bad input (config, data, unknown names), 3 skipped or failed
-inputs under ``--strict``, 130 interrupted (training resumes with ``--resume``).
+inputs under ``--strict``, 130 interrupted (training resumes with ``--resume``). Bad input never shows a traceback;
+an unexpected internal error prints one line and the path of a log holding its traceback
+(``$MEDKD_LOG_DIR``, default ``~/.cache/medkd/logs``), exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from medkd import __version__
 from medkd.cli import app, bcp, bundle, demo, pipeline
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "crash_log_dir", "COMMANDS"]
 
 logger = logging.getLogger("medkd")
 
@@ -50,22 +56,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medkd`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     _setup_logging(args)
-    from medkd.errors import MedkdError
-
     try:
         return int(args.handler(args) or 0)
-    except MedkdError as err:
-        print(f"medkd: error: {err}", file=sys.stderr)
-        return 2
-    except KeyError as err:  # unknown registry name (the registries' messages start with "unknown")
-        message = str(err.args[0]) if err.args else ""
-        if not message.startswith("unknown "):
-            raise
-        print(f"medkd: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"medkd: interrupted; {getattr(args, 'interrupt_hint', 'nothing half-written is kept')}", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - every failure ends as one line and an exit code
+        message = _bad_input(err)
+        if message is not None:
+            print(f"medkd: error: {message}", file=sys.stderr)
+            return 2
+        log = _crash_log(argv)  # an unexpected internal error: the traceback goes to a log file
+        where = f"; details in {log}" if log else ""
+        print(f"medkd: internal error: {_first_line(err)}{where}", file=sys.stderr)
+        return 1
+
+
+#: OS errors about a path the user gave (exit 2); others (a full disk, ...) are internal errors
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
+
+
+def _bad_input(err: BaseException) -> str | None:
+    """The one-line message of an error caused by the user's input (exit 2), else ``None``."""
+    from medkd.errors import MedkdError
+
+    if isinstance(err, MedkdError):
+        return str(err)
+    if isinstance(err, KeyError):  # unknown registry name (the registries' messages start with "unknown")
+        message = str(err.args[0]) if err.args else ""
+        return message if message.startswith("unknown ") else None
+    if isinstance(err, _PATH_ERRORS) and err.filename:
+        return f"{err.filename}: {err.strerror or type(err).__name__}"
+    return None
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, capped at ``limit`` characters."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def crash_log_dir() -> Path:
+    """Where tracebacks of internal errors go: ``$MEDKD_LOG_DIR``, else ``~/.cache/medkd/logs``."""
+    return Path(os.environ.get("MEDKD_LOG_DIR") or Path.home() / ".cache" / "medkd" / "logs")
+
+
+def _crash_log(argv: Sequence[str] | None) -> Path | None:
+    """Write the current exception's traceback (and the command) to a new file; ``None`` if it cannot be written."""
+    folder = crash_log_dir()
+    path = folder / f"medkd-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        command = " ".join(sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
+        path.write_text(f"medkd {__version__}\ncommand: {command}\n\n{traceback.format_exc()}", encoding="utf-8")
+    except OSError:
+        return None
+    logger.debug("traceback written to %s", path)
+    return path
 
 
 if __name__ == "__main__":

@@ -12,12 +12,32 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from enum import StrEnum
 
 from medkd.errors import ConfigError
 
 __all__ = ["BCPConfig", "Dataset", "Method"]
+
+#: ``(key, lowest, highest or None, lowest allowed)``: numeric ranges checked before anything is built
+_RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
+    ("in_channels", 1, None, True),
+    ("num_classes", 2, 256, True),  # background plus at least one label; label maps are uint8
+    ("batch_size", 1, None, True),
+    ("eval_batch_size", 1, None, True),
+    ("lr", 0.0, None, False),
+    ("momentum", 0.0, 1.0, True),
+    ("weight_decay", 0.0, None, True),
+    ("lr_step", 0, None, True),
+    ("lr_gamma", 0.0, None, False),
+    ("u_weight", 0.0, None, True),
+    ("seed", 0, 2**32 - 1, True),  # numpy's seed range
+    ("val_from_train", 0, None, True),
+    ("num_workers", 0, None, True),
+    ("snapshot_interval", 0, None, True),
+)
+_MAX_PATCH = 4096
 
 
 class Dataset(StrEnum):
@@ -116,9 +136,12 @@ class BCPConfig:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        self._check_ranges()
         dims = 2 if self.dataset == Dataset.ACDC else 3
         if len(self.patch) != dims:
             raise ConfigError(f"patch {list(self.patch)} must have {dims} values for dataset {self.dataset.value!r}")
+        if self.dataset != Dataset.ACDC and len(self.sliding_stride) != dims:
+            raise ConfigError(f"sliding_stride {list(self.sliding_stride)} must have {dims} values like patch")
         if not 0 < self.labeled_batch_size <= self.batch_size:
             raise ConfigError("labeled_batch_size must be in 1..batch_size")
         if self.method == Method.BCP and (self.labeled_batch_size % 2 or (self.batch_size - self.labeled_batch_size) % 2):
@@ -153,6 +176,25 @@ class BCPConfig:
         for name, least in (("pretrain_iterations", 1), ("selftrain_iterations", 0), ("val_interval", 1), ("log_interval", 1)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
+
+    def _check_ranges(self) -> None:
+        """Every number finite and in its range (``lr=nan``, ``patch=[0, 0]``, ``num_classes=0`` are errors naming
+        the key, not tracebacks from deep inside training)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
+        for name, low, high, closed_low in _RANGES:
+            value = getattr(self, name)
+            if value < low or (value == low and not closed_low) or (high is not None and value > high):
+                span = f"{'[' if closed_low else '('}{low}, {'inf)' if high is None else f'{high}]'}"
+                raise ConfigError(f"{name} must be in {span}, got {value}")
+        for name in ("patch", "sliding_stride"):
+            values = getattr(self, name)
+            if not values or any(v < 1 for v in values):
+                raise ConfigError(f"{name} must hold positive sizes, got {list(values)}")
+        if max(self.patch) > _MAX_PATCH:
+            raise ConfigError(f"patch sizes must be at most {_MAX_PATCH}, got {list(self.patch)}")
 
     # ---- resolved "auto" settings -------------------------------------------------------------
     @property

@@ -157,10 +157,11 @@ def two_stream_loader(data: RunData, cfg: BCPConfig, seed: int) -> Iterator[dict
     n_lab, n_unl = len(data.labeled), len(data.unlabeled)
     if n_unl < cfg.batch_size - cfg.labeled_batch_size:
         raise DataError("unlabelled set", f"{n_unl} items, fewer than the unlabelled batch part")
+    if n_lab < cfg.labeled_batch_size:
+        raise DataError("labelled set", f"{n_lab} items, fewer than labeled_batch_size={cfg.labeled_batch_size}; "
+                                        "label more cases (labeled=...) or lower labeled_batch_size")
     sampler = TwoStreamBatchSampler(
         list(range(n_lab)), list(range(n_lab, n_lab + n_unl)), cfg.batch_size, cfg.batch_size - cfg.labeled_batch_size,
         seed=seed,
     )
-    if n_lab < cfg.labeled_batch_size:
-        raise DataError("labelled set", f"{n_lab} items, fewer than labeled_batch_size={cfg.labeled_batch_size}")
     return infinite_batches(_loader(ConcatDataset([data.labeled, data.unlabeled]), cfg, batch_sampler=sampler))

@@ -31,6 +31,7 @@ from medkd.engine.ema import EMATeacher
 from medkd.engine.loop import Engine, EngineConfig
 from medkd.engine.seeding import seed_everything
 from medkd.engine.task import TrainTask
+from medkd.errors import ConfigError
 from medkd.methods.bcp.config import BCPConfig, Method
 from medkd.methods.bcp.data import RunData, build_run_data, eval_cases, labeled_loader, two_stream_loader
 from medkd.methods.bcp.evaluate import class_names, validation_dice
@@ -58,6 +59,9 @@ def resolve_device(cfg: BCPConfig, dist: DistInfo | None = None) -> torch.device
 def build_student(cfg: BCPConfig) -> nn.Module:
     """The registered network of ``cfg`` with ``in_channels``/``out_channels`` from the config."""
     net = create_net(cfg.net, in_channels=cfg.in_channels, out_channels=cfg.num_classes)
+    divisor = int(getattr(net, "size_divisor", 1) or 1)
+    if any(p % divisor for p in cfg.patch):
+        raise ConfigError(f"patch {list(cfg.patch)} must be a multiple of {divisor} for net {cfg.net!r}")
     return net.to(memory_format=torch.channels_last) if _channels_last(cfg) else net
 
 
