@@ -48,18 +48,22 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, source: str = "config", prefix: str = "") -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        return config_from_dict(tp, value if value is not None else {}, source=source, prefix=prefix)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, source, prefix)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
@@ -69,7 +73,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, where) for v in value]
+        items = [_coerce(v, item_tp, f"{where}[{i}]", source, f"{prefix[:-1]}[{i}].") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
@@ -107,36 +111,100 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def config_from_dict(
-    cls: type[T], data: Mapping[str, Any], *, overrides: Sequence[str] | Mapping[str, Any] = (), source: str = "config"
+    cls: type[T], data: Mapping[str, Any], *, overrides: Sequence[str] | Mapping[str, Any] = (), source: str = "config",
+    prefix: str = "",
 ) -> T:
-    """Build the dataclass ``cls`` from a mapping plus overrides, checking every key.
+    """Build the dataclass ``cls`` from a mapping plus overrides, checking every key, nested ones too.
+
+    Fields typed as dataclasses (or lists of them) are built field by field from nested mappings; an unknown nested
+    key is named by its dotted path (``outputs.seg.wirte``). Overrides reach nested fields with dotted keys
+    (``outputs.seg.type=labelmap``).
+
+    Args:
+        cls: the config dataclass.
+        data: the YAML mapping.
+        overrides: ``key=value`` strings (or an already parsed mapping).
+        source: the file or place the data comes from, named first in every error.
+        prefix: dotted path of ``data`` inside the file (for nested sections).
 
     Raises:
         ConfigError: unknown key, or a value of the wrong type, naming the key and ``source``.
+
+    Example:
+        >>> from medkd.methods.bcp.config import BCPConfig
+        >>> config_from_dict(BCPConfig, {"lr": "0.1"}, overrides=["seed=2"]).seed
+        2
+        >>> config_from_dict(BCPConfig, {"lr_": 0.1}, source="p.yaml")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        medkd.errors.ConfigError: p.yaml: unknown config key 'lr_'. Did you mean 'lr', 'lr_step'? Valid keys: ...
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {f'key {prefix[:-1]!r}' if prefix else 'the config'}: expected a mapping, "
+                          f"got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     merged = dict(data)
     extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
-    for key, value in [(k, v) for k, v in merged.items()] + [(k, v) for k, v in extra.items()]:
+    for key in list(merged) + list(extra):
         if not isinstance(key, str):
-            raise ConfigError(f"{source}: config keys must be names, got {key!r}")
+            raise ConfigError(f"{source}: config keys must be names, got {_short(key)}")
+    for key, value in extra.items():
+        head, dot, rest = key.partition(".")
+        if dot and head in fields and _dataclass_of(hints[head]) is not None:
+            nested = merged.get(head)
+            nested = dict(nested) if isinstance(nested, Mapping) else {}
+            nested[rest] = value
+            merged[head] = _nest(nested)
+        else:
+            merged[key] = value
+    for key in merged:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = f" Did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
             raise ConfigError(
-                f"{source}: unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(fields))}"
+                f"{source}: unknown config key {prefix + key!r}.{hint} Valid keys: {', '.join(sorted(fields))}"
             )
-    merged.update(extra)
-    kwargs = {k: _coerce(v, hints[k], f"{source}: key {k!r}") for k, v in merged.items()}
+    kwargs = {
+        k: _coerce(v, hints[k], f"{source}: key {prefix + k!r}", source, f"{prefix}{k}.") for k, v in merged.items()
+    }
     try:
         return cls(**kwargs)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{source}: {err}") from None
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "c": 2}`` -> ``{"a": {"b": 1}, "c": 2}`` (dotted keys of overrides into nested mappings)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            inner = out.get(head)
+            inner = dict(inner) if isinstance(inner, Mapping) else {}
+            inner[rest] = value
+            out[head] = _nest(inner)
+        else:
+            out[key] = value
+    return out
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass ``tp`` names (also through ``X | None``), else ``None``."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
@@ -157,6 +225,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-Python dict of a config dataclass (tuples as lists, enums as values), for YAML/JSON/checkpoints."""
 
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return config_to_dict(v)
         if isinstance(v, Enum):
             return v.value
         if isinstance(v, (tuple, list)):
