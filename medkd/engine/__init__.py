@@ -4,6 +4,7 @@
 - :mod:`~medkd.engine.task`: :class:`TrainTask`, what a method stage provides (networks, data, loss).
 - :mod:`~medkd.engine.loop`: :class:`Engine`, the loop with logging, validation, checkpoints and resume.
 - :mod:`~medkd.engine.ema`: :class:`EMATeacher` (``state_dict`` and ``params`` modes).
+- :mod:`~medkd.engine.teachers`: the :class:`Teacher` protocol and :class:`FrozenTeacher`.
 - :mod:`~medkd.engine.checkpoint`: the one checkpoint format, atomic writes, ``weights_only`` reads.
 - :mod:`~medkd.engine.distributed`: torchrun / gradient averaging (NCCL on GPU, gloo on CPU).
 - :mod:`~medkd.engine.seeding`, :mod:`~medkd.engine.metrics_log`: seeds and RNG state; JSON-lines metrics.
@@ -36,6 +37,7 @@ from medkd.engine.loop import Engine, EngineConfig, TrainResult
 from medkd.engine.metrics_log import MetricsLogger, read_metrics
 from medkd.engine.seeding import get_rng_state, seed_everything, set_rng_state
 from medkd.engine.task import TrainTask
+from medkd.engine.teachers import FrozenTeacher, Teacher
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -44,8 +46,10 @@ __all__ = [
     "EMATeacher",
     "Engine",
     "EngineConfig",
+    "FrozenTeacher",
     "MetricsLogger",
     "TrainResult",
+    "Teacher",
     "TrainTask",
     "all_gather_object",
     "all_reduce_mean",

@@ -1,10 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """One checkpoint format for every method, written atomically and read with ``weights_only=True``.
 
-A checkpoint is a dict::
+A checkpoint is a dict (format version 2)::
 
-    {"format": "medkd-checkpoint/1", "student": state_dict, "teacher": state_dict | None,
-     "optimizer": state_dict | None, "config": dict, "iteration": int, "rng": dict, **extra}
+    {"format": "medkd-checkpoint/2", "version": 2, "student": state_dict, "teacher": state_dict | None,
+     "optimizer": state_dict | None, "modules": {name: state_dict}, "extra_state": dict,
+     "scaler": state_dict | None, "config": dict, "iteration": int, "rng": dict, **extra}
+
+``modules`` holds the trainable networks other than the student (projectors, context modules, prototypes);
+``extra_state`` whatever else a task keeps (queues, banks, counters); ``scaler`` a mixed-precision grad scaler.
+Version-1 files (``medkd-checkpoint/1``, no ``modules``/``extra_state``/``scaler``) still load: the missing
+entries read as empty.
 
 State dicts are taken from the unwrapped networks (no ``module.`` prefixes from DDP or the EMA teacher).
 The file is written to a temporary file in the same folder, fsynced and moved into place with
@@ -39,12 +45,19 @@ from torch.optim import Optimizer
 from medkd.engine.ema import EMATeacher
 from medkd.errors import DataError
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "unwrap", "to_plain"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "READABLE_FORMATS", "save_checkpoint", "load_checkpoint", "unwrap",
+    "to_plain",
+]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "medkd-checkpoint/1"
-_RESERVED = ("format", "student", "teacher", "optimizer", "config", "iteration", "rng")
+CHECKPOINT_VERSION = 2
+CHECKPOINT_FORMAT = f"medkd-checkpoint/{CHECKPOINT_VERSION}"
+#: formats :func:`load_checkpoint` reads (older ones are upgraded in memory)
+READABLE_FORMATS = ("medkd-checkpoint/1", CHECKPOINT_FORMAT)
+_REQUIRED = ("format", "student", "teacher", "optimizer", "config", "iteration", "rng")
+_RESERVED = (*_REQUIRED, "version", "modules", "extra_state", "scaler")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -118,6 +131,9 @@ def save_checkpoint(
     config: dict[str, Any],
     iteration: int,
     rng: dict[str, Any] | None = None,
+    modules: dict[str, nn.Module] | None = None,
+    extra_state: dict[str, Any] | None = None,
+    scaler: Any = None,
     **extra: Any,
 ) -> Path:
     """Write a checkpoint in the one medkd format, atomically.
@@ -130,6 +146,9 @@ def save_checkpoint(
         config: the run's configuration; converted with :func:`to_plain`.
         iteration: the last completed iteration (1-based).
         rng: generator states from :func:`medkd.engine.seeding.get_rng_state`; ``{}`` if None.
+        modules: further trainable networks by name (saved as state dicts, wrappers unwrapped).
+        extra_state: a task's other state (tensors and plain types), converted with :func:`to_plain`.
+        scaler: a ``torch.amp.GradScaler`` (or anything with ``state_dict()``), or None.
         **extra: further entries (e.g. ``best_score``), converted with :func:`to_plain`.
 
     Returns:
@@ -151,12 +170,16 @@ def save_checkpoint(
         raise ValueError(f"extra checkpoint keys {clash} collide with reserved keys {list(_RESERVED)}")
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
         "student": unwrap(student).state_dict(),
         "teacher": None if teacher is None else unwrap(teacher).state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "config": to_plain(dict(config)),
         "iteration": int(iteration),
         "rng": {} if rng is None else rng,
+        "modules": {str(name): unwrap(module).state_dict() for name, module in (modules or {}).items()},
+        "extra_state": to_plain(dict(extra_state or {}), "extra_state"),
+        "scaler": None if scaler is None else scaler.state_dict(),
         **{k: to_plain(v, k) for k, v in extra.items()},
     }
     path = Path(path)
@@ -184,7 +207,8 @@ def load_checkpoint(path: str | PathLike[str], map_location: Any = "cpu") -> dic
         map_location: passed to ``torch.load`` (default: everything on CPU).
 
     Returns:
-        The checkpoint dict (see the module docstring).
+        The checkpoint dict (see the module docstring), in the current format: a version-1 file gets
+        ``version: 1``, empty ``modules`` and ``extra_state`` and no ``scaler``.
 
     Raises:
         DataError: the file is missing, unreadable, not a checkpoint or of an unknown format.
@@ -204,11 +228,16 @@ def load_checkpoint(path: str | PathLike[str], map_location: Any = "cpu") -> dic
         raise DataError(path, f"not a readable checkpoint ({type(err).__name__}: {detail})") from err
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise DataError(path, "not a medkd checkpoint (no 'format' entry)")
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise DataError(path, f"unknown checkpoint format {ckpt['format']!r}; expected {CHECKPOINT_FORMAT!r}")
-    missing = [k for k in _RESERVED if k not in ckpt]
+    if ckpt["format"] not in READABLE_FORMATS:
+        raise DataError(path, f"unknown checkpoint format {ckpt['format']!r}; expected one of {list(READABLE_FORMATS)}"
+                              " (a checkpoint from a newer medkd?)")
+    missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise DataError(path, f"checkpoint lacks entries {missing}")
+    ckpt.setdefault("version", int(str(ckpt["format"]).rsplit("/", 1)[1]))
+    ckpt.setdefault("modules", {})
+    ckpt.setdefault("extra_state", {})
+    ckpt.setdefault("scaler", None)
     return ckpt
 
 

@@ -74,6 +74,9 @@ class EMATeacher(nn.Module):
         False
     """
 
+    #: saved in checkpoints (the engine's teacher protocol, :class:`medkd.engine.teachers.Teacher`)
+    persistent = True
+
     def __init__(
         self,
         student: nn.Module,

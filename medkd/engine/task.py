@@ -29,32 +29,55 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from medkd.engine.ema import EMATeacher
+from medkd.engine.teachers import Teacher
 
-__all__ = ["TrainTask"]
+__all__ = ["TrainTask", "LearningRate"]
+
+#: what :meth:`TrainTask.learning_rate` returns: one rate (every parameter group gets it times the group's
+#: ``lr_scale``, default 1), one rate per parameter group, or None (leave the optimiser alone)
+LearningRate = float | Sequence[float] | None
 
 
 class TrainTask(ABC):
     """One training stage of a method (e.g. BCP pre-training, BCP self-training).
 
     Subclasses set :attr:`student`, :attr:`teacher` and :attr:`optimizer` (usually in ``__init__``) and
-    implement :meth:`batches`, :meth:`compute_loss` and :meth:`validate`.
+    implement :meth:`batches`, :meth:`compute_loss` and :meth:`validate`. A stage that trains more than the
+    student (projectors, context modules, prototypes) lists them in :meth:`trainable_modules`; other state
+    (queues, banks) goes through :meth:`extra_state` / :meth:`load_extra_state`.
 
     Attributes:
         student: the trained network (what gets evaluated and deployed).
-        teacher: an :class:`EMATeacher`, or None when the stage has no teacher.
-        optimizer: the optimiser over the student's parameters.
+        teacher: a :class:`~medkd.engine.teachers.Teacher` (an :class:`~medkd.engine.ema.EMATeacher`, a
+            :class:`~medkd.engine.teachers.FrozenTeacher`, ...), or None when the stage has no teacher.
+        optimizer: the optimiser over the trainable modules' parameters (parameter groups may carry an
+            ``lr_scale``).
     """
 
     student: nn.Module
-    teacher: EMATeacher | None = None
+    teacher: Teacher | None = None
     optimizer: torch.optim.Optimizer
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The networks this stage trains, by name; ``"student"`` first. They drive gradient averaging across
+        ranks, gradient clipping, ``train()``/``eval()`` switches and the checkpoint's entries.
+
+        The default is the student alone.
+        """
+        return {"student": self.student}
+
+    def extra_state(self) -> dict[str, Any]:
+        """State other than networks and optimiser to keep in checkpoints (tensors and plain types)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state` when resuming (``{}`` for checkpoints written without it)."""
 
     @abstractmethod
     def batches(self, start_iteration: int) -> Iterator[Any]:
@@ -78,7 +101,7 @@ class TrainTask(ABC):
         """
 
     def after_step(self, iteration: int) -> None:
-        """Called after ``optimizer.step()``; the default updates the EMA teacher, if any.
+        """Called after ``optimizer.step()``; the default updates the teacher, if any (a frozen one ignores it).
 
         Args:
             iteration: the iteration just completed.
@@ -86,8 +109,9 @@ class TrainTask(ABC):
         if self.teacher is not None:
             self.teacher.update(self.student)
 
-    def learning_rate(self, iteration: int) -> float | None:
-        """The learning rate for ``iteration``, or None to leave the optimiser's learning rate alone."""
+    def learning_rate(self, iteration: int) -> LearningRate:
+        """The learning rate for ``iteration``: one value (each parameter group gets it times its ``lr_scale``),
+        one value per parameter group, or None to leave the optimiser's learning rates alone."""
         return None
 
     @abstractmethod

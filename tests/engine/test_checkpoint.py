@@ -46,7 +46,9 @@ def test_round_trip_holds_the_one_format(tmp_path: Path) -> None:
         best_score=0.5,
     )
     raw = torch.load(path, weights_only=True)  # plain types only
-    assert set(raw) == {"format", "student", "teacher", "optimizer", "config", "iteration", "rng", "best_score"}
+    assert set(raw) == {"format", "version", "student", "teacher", "optimizer", "modules", "extra_state", "scaler",
+                        "config", "iteration", "rng", "best_score"}
+    assert raw["version"] == 2 and raw["modules"] == {} and raw["extra_state"] == {} and raw["scaler"] is None
     ckpt = load_checkpoint(path)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["iteration"] == 7 and ckpt["best_score"] == 0.5
     assert ckpt["config"] == {"root": "/data", "mode": "clean", "patch": (64, 64), "nested": {"lr": 0.01}}
@@ -160,3 +162,31 @@ def test_to_plain_converts_numpy_and_dataclasses() -> None:
         shape: tuple = (np.float32(0.5), torch.float32)
 
     assert to_plain(Cfg()) == {"size": 3, "shape": (0.5, "torch.float32")}
+
+
+def test_version_1_checkpoints_still_load(tmp_path: Path) -> None:
+    net = nn.Linear(2, 1)
+    path = tmp_path / "v1.pt"
+    v1 = {"format": "medkd-checkpoint/1", "student": net.state_dict(), "teacher": None, "optimizer": None,
+          "config": {"lr": 0.1}, "iteration": 3, "rng": {}, "best_score": 0.25}
+    torch.save(v1, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["version"] == 1 and ckpt["modules"] == {} and ckpt["extra_state"] == {} and ckpt["scaler"] is None
+    assert ckpt["iteration"] == 3 and ckpt["best_score"] == 0.25 and set(ckpt["student"]) == {"weight", "bias"}
+
+
+def test_newer_format_is_refused_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "v9.pt"
+    torch.save({"format": "medkd-checkpoint/9", "student": {}}, path)
+    with pytest.raises(DataError, match="newer medkd"):
+        load_checkpoint(path)
+
+
+def test_modules_and_extra_state_round_trip(tmp_path: Path) -> None:
+    student, projector = nn.Linear(2, 2), nn.Linear(2, 3)
+    queue = torch.arange(6.0).reshape(2, 3)
+    path = save_checkpoint(tmp_path / "a.pt", student=student, teacher=None, optimizer=None, config={}, iteration=1,
+                           modules={"projector": nn.DataParallel(projector)}, extra_state={"queue": queue, "ptr": 2})
+    ckpt = load_checkpoint(path)
+    assert set(ckpt["modules"]) == {"projector"} and set(ckpt["modules"]["projector"]) == {"weight", "bias"}
+    assert torch.equal(ckpt["extra_state"]["queue"], queue) and ckpt["extra_state"]["ptr"] == 2

@@ -205,6 +205,8 @@ def _train(cfg: BCPConfig, data_root: Path, out: Path, dist: DistInfo, *, resume
             "iterations": result.last_iteration,
             "seconds": result.seconds,
             "iterations_per_second": result.iterations_per_second,
+            "seconds_per_iteration": result.time_split,  # data, forward_backward, optimizer, teacher, other
+            "validation_seconds": result.validation_seconds,
         }
         return result
 
