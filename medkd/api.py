@@ -97,12 +97,18 @@ def pipeline_run(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    trust_bundle: bool = False,
 ) -> Any:
-    """Run a DICOM pipeline YAML over a folder tree; returns the :class:`~medkd.engine.batch.PipelineSummary`."""
+    """Run a DICOM pipeline YAML over a folder tree; returns the :class:`~medkd.engine.batch.PipelineSummary`.
+
+    ``trust_bundle=True`` runs code in the model bundle's configs (``$`` expressions, ``_target_`` outside medkd's
+    allowlist); only for bundles you trust. Without it such a bundle raises
+    :class:`~medkd.errors.UntrustedBundleError` before any series is processed.
+    """
     from medkd.engine.batch import run_pipeline
 
     return run_pipeline(pipeline, input, output, workers=workers, shard=shard, model=model, device=device,
-                        overwrite=overwrite, progress=progress)
+                        overwrite=overwrite, progress=progress, trust_bundle=trust_bundle)
 
 
 def bundle_export(
@@ -122,24 +128,37 @@ def bundle_export(
                          overwrite=overwrite)
 
 
-def bundle_verify(bundle: str | Path, *, schema: str | Path | None = None) -> list[Any]:
-    """Check a bundle (files, metadata schema, network in/out, dependencies); one result per check."""
+def bundle_verify(bundle: str | Path, *, schema: str | Path | None = None, trust: bool = False) -> list[Any]:
+    """Check a bundle (files, trust, metadata schema, network in/out, dependencies); one result per check.
+
+    Config code outside medkd's allowlist is reported (``trust`` FAIL) and not run, unless ``trust``.
+    """
     from medkd.bundle import verify_bundle
 
-    return verify_bundle(bundle, schema=schema)
+    return verify_bundle(bundle, schema=schema, trust=trust)
 
 
 def bundle_info(bundle: str | Path) -> str:
-    """What a bundle is for and how to run it, as text."""
+    """What a bundle is for and how to run it, as text; the bundle is read as data, none of its code runs."""
     from medkd.bundle import bundle_info as info
 
     return info(bundle)
 
 
 def app(
-    *, port: int = 8501, address: str = "localhost", models: str | Path | None = None, headless: bool = False
+    *,
+    port: int = 8501,
+    address: str = "localhost",
+    models: str | Path | None = None,
+    headless: bool = False,
+    trust_bundle: bool = False,
 ) -> int:
-    """Serve the Streamlit app until interrupted; returns Streamlit's exit code."""
+    """Serve the Streamlit app until interrupted; returns Streamlit's exit code.
+
+    ``trust_bundle=True`` lets the app run code in bundle configs (``$`` expressions, ``_target_`` outside medkd's
+    allowlist) by setting ``MEDKD_TRUST_BUNDLES=1`` for the server; without it the variable is removed, so only
+    the flag trusts, and such a bundle shows a message in the app instead of loading.
+    """
     import importlib.util
     import os
     import signal
@@ -149,6 +168,9 @@ def app(
     env = dict(os.environ)
     if models is not None:
         env["MEDKD_MODELS"] = str(Path(models).resolve())
+    env.pop("MEDKD_TRUST_BUNDLES", None)  # medkd.app.session.TRUST_ENV, read by the app
+    if trust_bundle:
+        env["MEDKD_TRUST_BUNDLES"] = "1"
     command = [
         sys.executable, "-m", "streamlit", "run", importlib.util.find_spec("medkd.app.main").origin,
         "--server.port", str(port),
@@ -156,6 +178,8 @@ def app(
         "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",  # no developer menu/Deploy
     ]
     print(f"medkd app on http://{address}:{port}  (research use only; Ctrl-C stops it)", flush=True)
+    if trust_bundle:
+        print("trusting bundle code (--trust-bundle): configs of the bundles the app loads may run code", flush=True)
     server = subprocess.Popen(command, env=env)
     previous = signal.signal(signal.SIGTERM, lambda *_: server.terminate())  # a stopped medkd stops the server
     try:

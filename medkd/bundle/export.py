@@ -34,6 +34,7 @@ from medkd.bundle.layout import (
 )
 from medkd.bundle.metadata import DATASET_CARDS, DatasetCard, build_metadata
 from medkd.bundle.model_card import markdown_table, performance_section, render_readme
+from medkd.bundle.trust import check_bundle_trust, require_trusted
 from medkd.config import config_to_dict
 from medkd.engine.checkpoint import load_checkpoint
 from medkd.engine.predictor import SegmentationSpec, file_sha256
@@ -158,16 +159,24 @@ def _readme_values(
     }
 
 
-def export_torchscript(bundle: Path) -> Path | None:
+def export_torchscript(bundle: Path, *, trust: bool = False) -> Path | None:
     """Write ``models/model.ts`` with MONAI's ``ckpt_export`` (traced on a ``"16*n"``, ``n=1`` input).
 
     torch 2.15 deprecates TorchScript in favour of ``torch.export``; a failure only warns.
 
+    Args:
+        bundle: bundle folder.
+        trust: parse configs that hold code outside medkd's allowlist (:func:`~medkd.bundle.trust.require_trusted`).
+
     Returns:
         The file written, or None on failure.
+
+    Raises:
+        UntrustedBundleError: the configs hold code outside medkd's allowlist and ``trust`` is false.
     """
     from monai.bundle import ckpt_export
 
+    require_trusted(bundle, trust)
     target = bundle / TORCHSCRIPT
     try:
         with warnings.catch_warnings():
@@ -251,6 +260,17 @@ def _build(
     (folder / README).write_text(readme, encoding="utf-8")
     if card.terms:
         (folder / DATA_LICENSE).write_text(card.terms + "\n", encoding="utf-8")
+    _check_own_configs(folder, run)
+
+
+def _check_own_configs(folder: Path, run: Path) -> None:
+    """medkd's exports load without ``--trust-bundle``: refuse to write one that would not (a description or run
+    name starting with ``$`` would be code to MONAI)."""
+    refusals = check_bundle_trust(folder)
+    if refusals:
+        first = refusals[0]
+        raise DataError(run, f"the bundle would not pass medkd's trust check: {first.file.split('/')[-1]} "
+                             f"{first.key}: {first.text!r} {first.why}; choose another description or names")
 
 
 def export_bundle(
@@ -281,7 +301,8 @@ def export_bundle(
 
     Raises:
         DataError: ``run`` is not a medkd run or lacks the checkpoint; ``out`` exists (without ``overwrite``), is
-            not a bundle, or lies inside the run.
+            not a bundle, or lies inside the run; or the configs would not pass medkd's trust check (a
+            ``description`` starting with ``$``).
         ValueError: ``checkpoint`` is neither ``best`` nor ``last``, or ``version`` is not ``MAJOR.MINOR.PATCH``.
     """
     run, out = Path(run), Path(out)
@@ -295,7 +316,7 @@ def export_bundle(
     try:
         _build(work, run, out, checkpoint=checkpoint, stage=stage, version=version, description=description)
         if torchscript:
-            export_torchscript(work)
+            export_torchscript(work, trust=True)  # checked by _build
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """``medkd bundle info``: what a bundle is, what it is for and how to run it, as plain text.
 
-Reads ``configs/metadata.json`` only (no config is parsed, no code runs, nothing is loaded into torch).
+Reads the configs as data only (``json``, ``yaml.safe_load``): no config is parsed by MONAI, no code runs, nothing is
+loaded into torch. It says whether the configs pass medkd's trust check (:mod:`medkd.bundle.trust`), i.e. whether
+medkd will load the bundle without ``--trust-bundle``.
 
 Example:
     >>> print(bundle_info("models/acdc_bcp"))  # doctest: +SKIP
@@ -15,6 +17,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from medkd.bundle.config_files import read_inference, read_metadata
 from medkd.bundle.layout import INFERENCE, INTENDED_USE, METADATA, SCHEMA_PATH
 
 __all__ = ["bundle_info"]
@@ -67,21 +70,41 @@ def _run_lines(path: Path) -> list[str]:
     ]
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _trust_lines(path: Path) -> tuple[list[str], bool]:
+    """(the lines saying whether medkd loads the bundle without ``--trust-bundle``, whether it does)."""
+    from medkd.bundle.trust import check_bundle_trust
+
+    if (path / INFERENCE).is_file():
+        read_inference(path)
+    refusals = check_bundle_trust(path)
+    if not refusals:
+        return ["Config code: only medkd's allowlist (medkd loads it without --trust-bundle)"], True
+    return [(
+        f"Config code: REFUSED, {len(refusals)} value(s) outside medkd's allowlist would run as code; medkd will not "
+        f"load this bundle without --trust-bundle (medkd bundle verify lists them). First: {refusals[0]}"
+    )], False
+
+
 def bundle_info(path: str | Path) -> str:
     """A human-readable description of a bundle folder.
 
-    Covers name, version, task, description, intended use (research only), labels, the network's input and
-    output tensors, the medkd provenance (method, dataset, run, recipe), how to run it and its files.
+    Covers name, version, task, description, intended use (research only), whether its configs pass medkd's trust
+    check, labels, the network's input and output tensors, the medkd provenance (method, dataset, run, recipe), how
+    to run it and its files. Nothing in the bundle is run.
 
     Raises:
-        DataError: ``path`` is not a bundle (no readable ``configs/metadata.json``).
+        DataError: ``path`` is not a bundle (no ``configs/metadata.json``), or a config is not valid JSON or not an
+            object, or ``inference.json`` has no ``network_def``.
     """
-    from medkd.bundle.predictor import read_metadata
-
     path = Path(path)
     meta = read_metadata(path)
-    medkd_block = meta.get("medkd") if isinstance(meta.get("medkd"), dict) else {}
-    nd = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
+    trust_lines, trusted = _trust_lines(path)
+    medkd_block, nd, packages = (_mapping(meta.get(k)) for k in ("medkd", "network_data_format",
+                                                                  "required_packages_version"))
     lines = [
         f"{meta.get('name', path.name)} {meta.get('version', '?')}",
         f"Task: {meta.get('task', '?')}",
@@ -90,10 +113,11 @@ def bundle_info(path: str | Path) -> str:
         f"Authors: {meta.get('authors', '?')}; {meta.get('copyright', '')}".rstrip("; "),
         f"Versions: monai {meta.get('monai_version', '?')}, torch {meta.get('pytorch_version', '?')}, "
         f"numpy {meta.get('numpy_version', '?')}; requires "
-        + ", ".join(f"{k} {v}" for k, v in (meta.get("required_packages_version") or {}).items()),
+        + ", ".join(f"{k} {v}" for k, v in packages.items()),
+        *trust_lines,
     ]
     if medkd_block:
-        spec = medkd_block.get("segmentation_spec") or {}
+        spec = _mapping(medkd_block.get("segmentation_spec"))
         lines += [
             f"Model: {medkd_block.get('method')} on {medkd_block.get('dataset')} layout, net {medkd_block.get('net')}, "
             f"run {medkd_block.get('run')} ({medkd_block.get('stage')}/{medkd_block.get('checkpoint')}, "
@@ -105,7 +129,9 @@ def bundle_info(path: str | Path) -> str:
     lines += ["Labels (value: name (code)):", *_label_lines(meta.get("label_classes"))]
     lines += ["Network input/output:", *_tensor_lines("input", nd.get("inputs")),
               *_tensor_lines("output", nd.get("outputs"))]
-    lines += _run_lines(path)
+    lines += _run_lines(path) if trusted else [
+        "How to run: not shown, every way of running it (medkd, python -m monai.bundle) would run the refused code",
+    ]
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
     lines += ["Files:", *(f"  {name} ({(path / name).stat().st_size:,} bytes)" for name in files)]
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 
 ``configs/inference.json`` is parsed with MONAI's ``ConfigParser``: ``network_def`` builds the network and
 ``inferer`` (a :class:`~medkd.bundle.components.SegmentationInferer`) carries the recipe; ``models/model.pt`` is read
-with ``torch.load(weights_only=True)`` and the labels come from ``metadata.json`` ``label_classes``. Parsing the
-config runs its ``_target_`` and ``$`` expressions: load bundles you trust only.
+with ``torch.load(weights_only=True)`` and the labels come from ``metadata.json`` ``label_classes``. Parsing a
+config runs its ``_target_`` and ``$`` expressions, so the configs are first read as data and checked
+(:func:`medkd.bundle.trust.require_trusted`): code outside medkd's allowlist is refused unless ``trust=True``.
 
 Example:
     >>> predictor = load_bundle_predictor("models/acdc_bcp")  # doctest: +SKIP
@@ -14,14 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from medkd.bundle.config_files import read_inference, read_metadata
 from medkd.bundle.layout import INFERENCE, METADATA, WEIGHTS
+from medkd.bundle.trust import require_trusted
 from medkd.engine.predictor import Predictor, SegmentationSpec, file_sha256, resolve_device
 from medkd.errors import DataError
 from medkd.io.labels import labels_from_dicts
@@ -29,40 +31,37 @@ from medkd.io.labels import labels_from_dicts
 __all__ = ["load_bundle_predictor", "read_metadata", "parse_bundle", "load_weights"]
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """``configs/metadata.json`` of a bundle folder.
-
-    Raises:
-        DataError: the file is missing or not a JSON object.
-    """
-    file = Path(path) / METADATA
-    if not file.is_file():
-        raise DataError(path, f"not a MONAI bundle ({METADATA} is missing)")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise DataError(file, f"not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise DataError(file, "must hold a JSON object")
-    return meta
-
-
-def parse_bundle(path: str | Path, ids: tuple[str, ...] = ("network_def", "inferer")) -> dict[str, Any]:
+def parse_bundle(
+    path: str | Path, ids: tuple[str, ...] = ("network_def", "inferer"), *, trust: bool = False
+) -> dict[str, Any]:
     """Instantiate config ids of ``configs/inference.json`` (``bundle_root`` set to ``path``).
 
+    Args:
+        path: bundle folder.
+        ids: config ids to build.
+        trust: parse without checking the configs first (:func:`~medkd.bundle.trust.require_trusted`).
+
     Raises:
-        DataError: the config is missing or an id cannot be built (MONAI's reason attached).
+        DataError: the config is missing, not a JSON object with ``network_def``, or an id cannot be built (MONAI's
+            reason attached).
+        UntrustedBundleError: the configs hold code outside medkd's allowlist and ``trust`` is false.
     """
     from monai.bundle import ConfigParser
 
     path = Path(path)
     config = path / INFERENCE
-    if not config.is_file():
-        raise DataError(path, f"not a MONAI bundle ({INFERENCE} is missing)")
+    read_inference(path)
+    has_meta = (path / METADATA).is_file()
+    if has_meta:
+        read_metadata(path)
+    require_trusted(path, trust)
     parser = ConfigParser()
-    parser.read_config(str(config))
-    if (path / METADATA).is_file():
-        parser.read_meta(str(path / METADATA))
+    try:
+        parser.read_config(str(config))
+        if has_meta:
+            parser.read_meta(str(path / METADATA))
+    except Exception as err:  # noqa: BLE001 - MONAI raises ValueError, KeyError, ... for configs it cannot merge
+        raise DataError(config, f"MONAI cannot read the configs: {type(err).__name__}: {err}") from err
     parser["bundle_root"] = str(path)
     built = {}
     for key in ids:
@@ -94,23 +93,26 @@ def load_weights(path: str | Path, network: nn.Module) -> None:
         raise DataError(file, f"weights do not fit network_def: {err}") from err
 
 
-def load_bundle_predictor(path: str | Path, device: torch.device | str = "cpu") -> Predictor:
+def load_bundle_predictor(path: str | Path, device: torch.device | str = "cpu", *, trust: bool = False) -> Predictor:
     """A :class:`~medkd.engine.predictor.Predictor` of a segmentation bundle written by :func:`export_bundle`.
 
     Args:
         path: bundle folder.
         device: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``.
+        trust: run the configs' code without checking it (``--trust-bundle``); only for bundles you trust.
 
     Returns:
         A ``segmentation`` predictor: float32 ``(z, y, x)`` in, uint8 ``(z, y, x)`` out, equal to the bundle's
         ``monai.bundle run`` masks and to ``medkd bcp predict`` on the source run.
 
     Raises:
-        DataError: not a medkd segmentation bundle, or its network, inferer or weights cannot be loaded.
+        DataError: not a medkd segmentation bundle, or its configs are not valid JSON, or its network, inferer or
+            weights cannot be loaded.
+        UntrustedBundleError: the configs hold code outside medkd's allowlist and ``trust`` is false; nothing was run.
     """
     path = Path(path)
     meta = read_metadata(path)
-    built = parse_bundle(path)
+    built = parse_bundle(path, trust=trust)
     network, inferer = built["network_def"], built["inferer"]
     spec: SegmentationSpec | None = getattr(inferer, "spec", None)
     if not isinstance(spec, SegmentationSpec):

@@ -7,15 +7,19 @@ Checks, in order (each a :class:`CheckResult`; later checks are skipped, failing
    (with install hints);
 2. ``files``: ``LICENSE``, ``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``,
    ``docs/README.md``;
-3. ``metadata_schema``: ``metadata.json`` validates against the schema (medkd's own by default, never downloaded),
+3. ``trust``: the configs, read as data, hold no code outside medkd's allowlist (:mod:`medkd.bundle.trust`); each
+   refused key is listed. When something is refused (and ``trust`` is false), nothing in the configs is run: the
+   checks that would parse them (``properties``, ``net_in_out``, ``weights``) fail as not run;
+4. ``metadata_schema``: ``metadata.json`` validates against the schema (medkd's own by default, never downloaded),
    as ``python -m monai.bundle verify_metadata`` does;
-4. ``changelog``: the ``changelog`` has an entry for ``version``;
-5. ``properties``: ``ConfigWorkflow(..., workflow_type="inference").check_properties() == []``;
-6. ``net_in_out``: ``verify_net_in_out``'s test (a random ``(1, C, *spatial)`` input with ``n = p = 1``; output
+5. ``changelog``: the ``changelog`` has an entry for ``version``;
+6. ``properties``: ``ConfigWorkflow(..., workflow_type="inference").check_properties() == []``;
+7. ``net_in_out``: ``verify_net_in_out``'s test (a random ``(1, C, *spatial)`` input with ``n = p = 1``; output
    channels and dtype as in ``pred``), for image outputs;
-7. ``weights``: ``models/model.pt`` loads with ``torch.load(weights_only=True)`` and fits ``network_def``.
+8. ``weights``: ``models/model.pt`` loads with ``torch.load(weights_only=True)`` and fits ``network_def``.
 
-Parsing ``inference.json`` runs its code (``_target_``, ``$``): verify bundles you trust only.
+A config that is not valid JSON, not an object, or an ``inference.json`` without ``network_def`` raises
+:class:`~medkd.errors.DataError` (``medkd bundle verify`` exits 2).
 
 Example:
     >>> [r.name for r in verify_bundle("/no/such/bundle")][-1]
@@ -240,41 +244,73 @@ def _weights_check(path: Path, network: Any) -> CheckResult:
                                         "loads with weights_only=True and fits network_def")
 
 
-def verify_bundle(path: str | Path, *, schema: str | Path | None = None) -> list[CheckResult]:
+def verify_bundle(
+    path: str | Path, *, schema: str | Path | None = None, trust: bool = False
+) -> list[CheckResult]:
     """Run the checks of the module docstring on a bundle folder.
 
     Args:
         path: bundle folder.
         schema: JSON schema for ``metadata.json``; default :data:`~medkd.bundle.layout.SCHEMA_PATH` (the official
             ``meta_schema_20240725.json``, downloaded by hand, may be passed instead).
+        trust: run the checks that parse the configs even if they hold code outside medkd's allowlist
+            (``--trust-bundle``); only for bundles you trust.
 
     Returns:
         One :class:`CheckResult` per check; the bundle is good if all are ``ok``.
+
+    Raises:
+        DataError: ``metadata.json`` or ``inference.json`` is not valid JSON or not an object, or ``inference.json``
+            has no ``network_def``.
     """
-    results = _run_checks(Path(path), Path(schema) if schema is not None else SCHEMA_PATH)
+    results = _run_checks(Path(path), Path(schema) if schema is not None else SCHEMA_PATH, trust)
     for result in results:
         logger.debug("%s", result)
     return results
 
 
-def _run_checks(path: Path, schema: Path) -> list[CheckResult]:
-    from medkd.bundle.predictor import parse_bundle, read_metadata
+def _trust_check(path: Path, trust: bool) -> CheckResult:
+    from medkd.bundle.trust import TRUST_HINT, check_bundle_trust
+
+    refusals = check_bundle_trust(path)
+    if not refusals:
+        return CheckResult("trust", True, "the configs hold only code in medkd's allowlist (loads without "
+                                          "--trust-bundle)")
+    listed = "".join(f"\n    {r}" for r in refusals)
+    if trust:
+        logger.warning("%s: --trust-bundle: %d config value(s) outside the allowlist will run", path, len(refusals))
+        return CheckResult("trust", True, f"--trust-bundle given: {len(refusals)} value(s) outside medkd's allowlist "
+                                          f"run as code:{listed}")
+    return CheckResult("trust", False, f"refused {len(refusals)} value(s) that would run as code outside medkd's "
+                                       f"allowlist (nothing was run; {TRUST_HINT}):{listed}")
+
+
+_PARSING_CHECKS = ("properties", "net_in_out", "weights")
+
+
+def _run_checks(path: Path, schema: Path, trust: bool = False) -> list[CheckResult]:
+    from medkd.bundle.config_files import read_inference, read_metadata
+    from medkd.bundle.predictor import parse_bundle
     from medkd.errors import DataError
 
     results = _dependency_checks()
     results.append(_files_check(path))
     if not (path / METADATA).is_file():
         return results
-    try:
-        meta = read_metadata(path)
-    except DataError as err:
-        return results + [CheckResult("metadata_schema", False, str(err))]
-    results += [_schema_check(meta, schema), _changelog_check(meta)]
-    if not (path / INFERENCE).is_file():
+    meta = read_metadata(path)
+    has_inference = (path / INFERENCE).is_file()
+    if has_inference:
+        read_inference(path)
+    trusted = _trust_check(path, trust)
+    results += [trusted, _schema_check(meta, schema), _changelog_check(meta)]
+    if not has_inference:
         return results + [CheckResult("properties", False, f"{INFERENCE} is missing")]
+    if not trusted.ok:
+        return results + [CheckResult(name, False, "not run: the configs hold refused code (see trust)")
+                          for name in _PARSING_CHECKS]
     results.append(_properties_check(path))
     try:
-        network = parse_bundle(path, ("network_def",))["network_def"]
+        network = parse_bundle(path, ("network_def",), trust=True)["network_def"]  # checked above (or trusted)
     except DataError as err:
         return results + [CheckResult("net_in_out", False, err.problem), CheckResult("weights", False, "no network")]
     return results + [_net_in_out_check(meta, network), _weights_check(path, network)]

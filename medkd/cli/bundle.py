@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``medkd bundle export|verify|info``: MONAI bundles of trained medkd models."""
+"""``medkd bundle export|verify|info|list``: MONAI bundles of trained medkd models.
+
+``verify`` reads the configs as data first and runs none of their code when it finds code outside medkd's
+allowlist (a ``trust`` FAIL, exit 1) unless ``--trust-bundle`` is given; ``info`` never runs config code.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +30,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ve = bsub.add_parser("verify", help="check a bundle: files, metadata schema, network in/out, dependencies")
     ve.add_argument("bundle", help="bundle folder")
     ve.add_argument("--schema", default=None, help="metadata JSON schema (default: the one shipped with medkd)")
+    ve.add_argument("--trust-bundle", action="store_true",
+                    help="also run the checks that parse the configs when they hold code outside medkd's allowlist "
+                    "($ expressions, _target_); only for bundles whose maker you trust")
     ve.set_defaults(handler=_verify)
 
     ls = bsub.add_parser("list", help="bundles listed in models/zoo.yaml and whether they are on this machine")
     ls.add_argument("--zoo", default=None, help="zoo file (default $MEDKD_MODELS/zoo.yaml, else the checkout's)")
     ls.set_defaults(handler=_list)
 
-    info = bsub.add_parser("info", help="what a bundle is for and how to run it")
+    info = bsub.add_parser("info", help="what a bundle is for and how to run it (reads it as data, runs nothing)")
     info.add_argument("bundle", help="bundle folder")
     info.set_defaults(handler=_info)
 
@@ -49,7 +56,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from medkd import api
 
-    results = api.bundle_verify(args.bundle, schema=args.schema)
+    results = api.bundle_verify(args.bundle, schema=args.schema, trust=args.trust_bundle)
     for result in results:
         print(f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {result.message}")
     return 0 if all(r.ok for r in results) else 1

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default=None, help="bundle or run folder (overrides the YAML's model)")
     run.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps (overrides the YAML)")
     run.add_argument("--overwrite", action="store_true", help="redo series already done")
+    run.add_argument("--trust-bundle", action="store_true",
+                     help="run code in the model bundle's configs ($ expressions, _target_ outside medkd's "
+                          "allowlist); only for bundles you trust")
     run.add_argument("--strict", action="store_true", help="exit 3 if any series or file was skipped or failed")
     run.set_defaults(handler=_run, interrupt_hint="finished series and the report are kept; rerun to continue")
 
@@ -32,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = api.pipeline_run(
         args.pipeline, args.input, args.output, workers=args.workers, shard=args.shard, model=args.model,
-        device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+        device=args.device, overwrite=args.overwrite, progress=not args.quiet, trust_bundle=args.trust_bundle,
     )
     print(summary.line())
     if args.strict and any(r.status in ("skipped", "failed") for r in summary.rows):

@@ -15,6 +15,13 @@ Stages (each a plain function in :mod:`medkd.io`; MONAI Deploy's operator bounda
 
 Every input file and every series gets a row in ``OUT/medkd_report.{csv,json}`` (processed, unchanged, skipped
 with a reason, or failed with the error); only ``KeyboardInterrupt`` or a failed report write stops the batch.
+
+Hostile inputs (see :mod:`medkd.io.safe_paths`): header UIDs name folders only once they pass the DICOM UI rules
+(else the series is ``invalid_uid``), and every path removed, created or renamed into is checked to lie inside
+``OUT`` first. Symbolic links are never read through, an output folder inside the input folder is not scanned,
+and ``.work`` folders a killed run left are cleared when the next run starts. Report messages and ``medkd.log``
+never hold patient values (:mod:`medkd.io.phi`). Decode workers exit when the main process dies. A bundle whose
+configs hold code is refused unless ``trust_bundle`` (``--trust-bundle``) is set.
 ``--shard k/n`` keeps the series (and files) whose UID hashes to ``k``, so ``n`` machines split a tree with no
 coordination and the union of their reports lists every file once.
 """
@@ -29,7 +36,8 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
+import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -43,11 +51,12 @@ import numpy as np
 from medkd.config import config_to_dict, load_config
 from medkd.errors import ConfigError, DataError
 from medkd.io.atomic import write_text_atomic
+from medkd.io.safe_paths import clear_work, inside, prepare_output, remove
 from medkd.registry import Registry
 
 __all__ = [
     "PipelineConfig", "ReportRow", "PipelineSummary", "OUTPUT_WRITERS", "load_pipeline", "parse_shard", "in_shard",
-    "resolve_model", "run_pipeline",
+    "check_device", "resolve_model", "run_pipeline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +64,16 @@ logger = logging.getLogger(__name__)
 STATUSES = ("processed", "unchanged", "skipped", "failed", "ok")
 REPORT_FIELDS = ("kind", "status", "reason", "message", "path", "study_uid", "series_uid", "rule", "n_files",
                  "seconds", "outputs")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")
+_PARENT_POLL_S = 0.5  # how often a decode worker checks that the main process is alive
+
+
+def check_device(device: str, key: str = "device") -> str:
+    """``device`` if it is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, else a :class:`ConfigError` naming
+    ``key``."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ConfigError(f"{key} must be auto, cpu, cuda, cuda:N or mps, got {str(device)[:40]!r}")
+    return device
 
 
 @dataclass
@@ -89,6 +108,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.seg_type not in ("binary", "labelmap"):
             raise ConfigError(f"seg_type must be 'binary' or 'labelmap', got {self.seg_type!r}")
+        check_device(self.device, "device")
 
 
 @dataclass
@@ -279,11 +299,30 @@ def _write_report(rows: list[ReportRow], out_dir: Path, stem: str) -> tuple[Path
     return csv_path, json_path
 
 
-def _load_volume_guarded(files: Sequence[str], min_slices: int) -> tuple[Any, str, str, float]:
-    """Worker entry: ``(volume or None, reason, message, seconds)``; never raises (except interrupts)."""
-    from medkd.io.dicom_volume import SeriesError, load_series_volume
+def _phi_of_files(files: Sequence[str]) -> set[str]:
+    """Patient values of the files' headers (best effort), to redact an exception message about them."""
+    import pydicom
 
+    from medkd.io.phi import PHI_KEYWORDS, phi_values
+
+    values: set[str] = set()
+    for file in files:
+        with contextlib.suppress(Exception):
+            values |= phi_values([pydicom.dcmread(file, stop_before_pixels=True, force=True,
+                                                  specific_tags=list(PHI_KEYWORDS))])
+    return values
+
+
+def _load_volume_guarded(files: Sequence[str], min_slices: int) -> tuple[Any, str, str, float]:
+    """Worker entry: ``(volume or None, reason, message, seconds)``; never raises (except interrupts).
+
+    Messages carry no patient values: :class:`SeriesError` messages name tags and files only, other exceptions are
+    redacted with the files' patient values and their quoted literals.
+    """
+    from medkd.io.dicom_scan import safe_short
     from medkd.io.dicom_seg import quiet_phi_warnings
+    from medkd.io.dicom_volume import SeriesError, load_series_volume
+    from medkd.io.phi import redact
 
     start = time.perf_counter()
     try:
@@ -292,19 +331,40 @@ def _load_volume_guarded(files: Sequence[str], min_slices: int) -> tuple[Any, st
     except SeriesError as err:
         return None, str(err.reason), err.message, time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - one bad series must not stop the batch
-        return None, "unreadable", f"{type(err).__name__}: {err}", time.perf_counter() - start
+        message = redact(safe_short(err), _phi_of_files(files))
+        return None, "unreadable", message, time.perf_counter() - start
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Decode worker initializer: a daemon thread ends the worker as soon as the main process is gone.
+
+    A pool worker otherwise outlives a main process killed with ``kill -9`` (its task queue holds a write end of
+    its own pipe, so it never sees end-of-file), keeping its memory.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="medkd-parent-watch", daemon=True).start()
 
 
 def _volumes(
     jobs: list[tuple[Any, int]], workers: int
 ) -> Iterator[tuple[Any, tuple[Any, str, str, float]]]:
     """Load series volumes in order, in-process (``workers == 0``) or ``workers`` spawn processes, <= 2N in flight."""
+    from medkd.io.dicom_scan import safe_short
+
     if workers <= 0:
         for series, min_slices in jobs:
             yield series, _load_volume_guarded([str(p) for p in series.files], min_slices)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    with pool:
         pending: list[tuple[Any, Future]] = []
         queue = iter(jobs)
         for series, min_slices in queue:
@@ -319,7 +379,7 @@ def _volumes(
             try:
                 result = future.result()
             except Exception as err:  # noqa: BLE001 - a crashed worker (e.g. out of memory) fails only its series
-                result = (None, "unreadable", f"worker failed: {type(err).__name__}: {err}", 0.0)
+                result = (None, "unreadable", f"worker failed: {safe_short(err)}", 0.0)
             yield series, result
 
 
@@ -348,6 +408,20 @@ class _LogToFile:
         self.handler.close()
 
 
+def _check_workers(workers: Any) -> int | None:
+    """``workers`` as an int ``>= 0`` (or ``None``), else a :class:`ConfigError` naming the key."""
+    if workers is None:
+        return None
+    try:
+        count = int(workers)
+        valid = not isinstance(workers, (bool, str)) and count == workers and count >= 0
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"workers (--workers) must be 0 (decode in this process) or more, got {str(workers)[:40]!r}")
+    return count
+
+
 def run_pipeline(
     config: PipelineConfig | str | Path,
     input_dir: str | Path,
@@ -360,6 +434,7 @@ def run_pipeline(
     device: str | None = None,
     progress: bool = True,
     predictor: Any = None,
+    trust_bundle: bool = False,
 ) -> PipelineSummary:
     """Run a DICOM pipeline over ``input_dir`` into ``output_dir``; see the module docstring.
 
@@ -369,26 +444,38 @@ def run_pipeline(
         shard: ``"k/n"``: process only this machine's share of the series.
         overwrite: redo series already done. model, device: override the YAML.
         predictor: an already loaded :class:`~medkd.engine.predictor.Predictor` (the app, tests, benchmarks).
+        trust_bundle: run a bundle's config code (``$`` expressions, ``_target_`` outside medkd's allowlist); only
+            for bundles you trust.
 
     Returns:
         The summary; the report is written even when interrupted (then ``KeyboardInterrupt`` propagates).
+
+    Raises:
+        ConfigError: a bad pipeline YAML, ``device``, ``workers`` or ``shard``.
+        DataError: the input folder is missing, the output folder cannot be written (or is a file, or the input
+            folder), the model folder is missing, or the bundle holds code and ``trust_bundle`` is false
+            (:class:`~medkd.errors.UntrustedBundleError`, raised before any series is processed).
     """
     from medkd.io.dicom_seg import quiet_phi_warnings
 
     pipeline_file = None if isinstance(config, PipelineConfig) else Path(config)
     cfg = config if isinstance(config, PipelineConfig) else load_pipeline(config)
     input_dir, out_dir = Path(input_dir), Path(output_dir)
+    if device is not None:
+        check_device(device, "device (--device)")
+    workers = _check_workers(workers)
+    shard_kn = shard if isinstance(shard, tuple) else parse_shard(shard)
     if not input_dir.is_dir():
         raise DataError(input_dir, "input folder not found")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shard_kn = shard if isinstance(shard, tuple) else parse_shard(shard)
-    workers = min(4, os.cpu_count() or 1) if workers is None else max(0, int(workers))
+    prepare_output(out_dir, input_dir)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
     stem = "medkd_report" if shard_kn == (1, 1) else f"medkd_report.shard-{shard_kn[0]}-of-{shard_kn[1]}"
-    batch = _Batch(cfg, pipeline_file, input_dir, out_dir, shard_kn, workers, overwrite, progress)
+    batch = _Batch(cfg, pipeline_file, input_dir, out_dir, shard_kn, workers, overwrite, progress, trust_bundle)
     with _LogToFile(out_dir / "medkd.log"):
         logger.info("pipeline %s: %s -> %s (shard %d/%d, %d workers)", cfg.name, input_dir, out_dir, *shard_kn,
                     workers)
         try:
+            clear_work(out_dir, lambda name: in_shard(name, shard_kn))  # other shards may be running
             with quiet_phi_warnings():
                 batch.run(predictor, model, device)
         finally:
@@ -405,12 +492,14 @@ class _Batch:
 
     def __init__(
         self, cfg: PipelineConfig, pipeline_file: Path | None, input_dir: Path, out_dir: Path,
-        shard: tuple[int, int], workers: int, overwrite: bool, progress: bool,
+        shard: tuple[int, int], workers: int, overwrite: bool, progress: bool, trust_bundle: bool = False,
     ) -> None:
         from medkd.io.dicom_select import parse_rules
 
         self.cfg, self.pipeline_file, self.input_dir, self.out_dir = cfg, pipeline_file, input_dir, out_dir
         self.shard, self.workers, self.overwrite, self.progress = shard, workers, overwrite, progress
+        self.trust_bundle = trust_bundle
+        self.work_root = out_dir / ".work"
         self.rules = parse_rules(cfg.selection, source=f"{pipeline_file or cfg.name}: selection")
         self.rows: list[ReportRow] = []
         self.entries: list[Any] = []
@@ -426,7 +515,7 @@ class _Batch:
         from medkd.io.dicom_scan import scan_tree
 
         start = time.perf_counter()
-        series_list, self.entries = scan_tree(self.input_dir, progress=self.progress)
+        series_list, self.entries = scan_tree(self.input_dir, progress=self.progress, exclude=[self.out_dir])
         self.scan_seconds = time.perf_counter() - start
         for entry in self.entries:
             if entry.status == "ok" and entry.series_uid:
@@ -443,7 +532,7 @@ class _Batch:
             from medkd.engine.predictor import load_predictor
 
             model_dir = resolve_model(model or self.cfg.model, self.pipeline_file)
-            predictor = load_predictor(model_dir, device or self.cfg.device)
+            predictor = load_predictor(model_dir, device or self.cfg.device, trust=self.trust_bundle)
         writer = OUTPUT_WRITERS.get(predictor.kind)
         todo = [job for job in jobs if not self._unchanged(*job, predictor)]
         self._infer_and_write(todo, predictor, writer)
@@ -457,7 +546,7 @@ class _Batch:
 
         jobs, rows = [], []
         for series in series_list:
-            selection = select_series(series, self.rules)
+            selection = select_series(series, self.rules, root=self.input_dir)
             if selection.rule is None:
                 rows.append(self._series_row(series, "skipped", str(selection.reason), selection.message))
             else:
@@ -475,8 +564,18 @@ class _Batch:
     def _fingerprint(self, series: Any, predictor: Any) -> dict[str, Any]:
         return _fingerprint(self.cfg, predictor, self.sop_uids.get(series.series_uid, []))
 
-    def _unchanged(self, series: Any, rule: Any, predictor: Any) -> bool:
+    def _paths(self, series: Any) -> tuple[Path, Path]:
+        """``(OUT/.work/<series>, OUT/<study>/<series>)``, checked to lie inside OUT (UIDs were checked at
+        selection; this guards every path built from header values anyway)."""
+        work = self.work_root / series.series_uid
         final = self.out_dir / series.study_uid / series.series_uid
+        return inside(self.out_dir, inside(self.work_root, work)), inside(self.out_dir, final)
+
+    def _unchanged(self, series: Any, rule: Any, predictor: Any) -> bool:
+        try:
+            final = self._paths(series)[1]
+        except DataError:
+            return False  # _process reports it
         if self.overwrite or not _same(final / "done.json", self._fingerprint(series, predictor)):
             return False
         row = self._series_row(series, "unchanged", "", "already done with the same model and inputs", rule.name)
@@ -501,7 +600,9 @@ class _Batch:
     def _process(
         self, series: Any, rule: Any, loaded: tuple[Any, str, str, float], predictor: Any, writer: Callable
     ) -> ReportRow:
-        """Infer and write one loaded series; any error becomes the row's reason."""
+        """Infer and write one loaded series; any error becomes the row's reason (patient values redacted)."""
+        from medkd.io.phi import phi_values, redact, safe_error
+
         volume, reason, message, read_s = loaded
         row = self._series_row(series, "skipped", reason, message, rule.name)
         row.seconds = round(read_s, 3)
@@ -512,15 +613,16 @@ class _Batch:
         try:
             output = predictor(volume.array)
         except Exception as err:  # noqa: BLE001 - one series' failure must not stop the batch
-            logger.error("series %s: model failed\n%s", series.series_uid, traceback.format_exc())
-            row.status, row.reason, row.message = "failed", "model_error", f"{type(err).__name__}: {err}"
+            secrets = phi_values(volume.datasets)
+            logger.error("series %s: model failed\n%s", series.series_uid, redact(traceback.format_exc(), secrets))
+            row.status, row.reason, row.message = "failed", "model_error", safe_error(err, volume.datasets)
             return row
         infer_s = time.perf_counter() - start
         start = time.perf_counter()
-        work = self.out_dir / ".work" / series.series_uid
-        final = self.out_dir / series.study_uid / series.series_uid
+        work = None
         try:
-            shutil.rmtree(work, ignore_errors=True)
+            work, final = self._paths(series)
+            remove(self.work_root, work)
             work.mkdir(parents=True)
             entropy = [series.series_uid, predictor.name, predictor.version, predictor.weights_sha256,
                        self.cfg.seg_type]
@@ -535,14 +637,16 @@ class _Batch:
             }
             write_text_atomic(work / "result.json", json.dumps(result, indent=1))
             write_text_atomic(work / "done.json", json.dumps({"fingerprint": self._fingerprint(series, predictor)}))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                shutil.rmtree(final)
+            inside(self.out_dir, final.parent).mkdir(parents=True, exist_ok=True)
+            remove(self.out_dir, inside(self.out_dir, final))  # checked again: its parent now exists
             os.replace(work, final)
         except Exception as err:  # noqa: BLE001
-            logger.error("series %s: writing failed\n%s", series.series_uid, traceback.format_exc())
-            shutil.rmtree(work, ignore_errors=True)
-            row.status, row.reason, row.message = "failed", "write_error", f"{type(err).__name__}: {err}"
+            secrets = phi_values(volume.datasets)
+            logger.error("series %s: writing failed\n%s", series.series_uid, redact(traceback.format_exc(), secrets))
+            if work is not None:
+                with contextlib.suppress(Exception):
+                    remove(self.work_root, work)
+            row.status, row.reason, row.message = "failed", "write_error", safe_error(err, volume.datasets)
             return row
         row.status, row.reason, row.message = "processed", "", ""
         row.seconds = round(read_s + infer_s + write_s, 3)

@@ -182,7 +182,7 @@ class PredictorSource:
 
     name: str
     probe: Callable[[Path], bool]
-    load: Callable[[Path, torch.device], Predictor]
+    load: Callable[..., Predictor]  # load(path, device, *, trust=False)
 
 
 PREDICTOR_SOURCES: Registry = Registry("predictor source")
@@ -192,17 +192,17 @@ def _is_bundle(path: Path) -> bool:
     return (path / "configs" / "metadata.json").is_file()
 
 
-def _load_bundle(path: Path, device: torch.device) -> Predictor:
+def _load_bundle(path: Path, device: torch.device, *, trust: bool = False) -> Predictor:
     from medkd.bundle.predictor import load_bundle_predictor
 
-    return load_bundle_predictor(path, device)
+    return load_bundle_predictor(path, device, trust=trust)
 
 
 def _is_bcp_run(path: Path) -> bool:
     return (path / "config.yaml").is_file()
 
 
-def _load_bcp_run(path: Path, device: torch.device) -> Predictor:
+def _load_bcp_run(path: Path, device: torch.device, *, trust: bool = False) -> Predictor:  # noqa: ARG001
     from medkd.methods.bcp.predict import run_predictor
 
     return run_predictor(path, device=device)
@@ -212,11 +212,18 @@ PREDICTOR_SOURCES.register("bundle")(PredictorSource("bundle", _is_bundle, _load
 PREDICTOR_SOURCES.register("bcp_run")(PredictorSource("bcp_run", _is_bcp_run, _load_bcp_run))
 
 
-def load_predictor(path: str | Path, device: str | torch.device | None = "auto") -> Predictor:
+def load_predictor(path: str | Path, device: str | torch.device | None = "auto", *, trust: bool = False) -> Predictor:
     """Load a MONAI bundle folder (``configs/metadata.json``) or a medkd run folder (``config.yaml``).
+
+    Args:
+        path: the model folder.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+        trust: run a bundle's config code (``$`` expressions, ``_target_`` outside medkd's allowlist) without
+            checking it first, like the ecosystem's ``trust_remote_code``; only for bundles you trust.
 
     Raises:
         DataError: the folder does not exist or is none of the registered kinds.
+        UntrustedBundleError: a bundle's configs hold code outside the allowlist and ``trust`` is false.
     """
     path = Path(path)
     if not path.is_dir():
@@ -224,5 +231,5 @@ def load_predictor(path: str | Path, device: str | torch.device | None = "auto")
     for name in PREDICTOR_SOURCES.list():
         source: PredictorSource = PREDICTOR_SOURCES.get(name)
         if source.probe(path):
-            return source.load(path, resolve_device(device))
+            return source.load(path, resolve_device(device), trust=trust)
     raise DataError(path, "not a model folder: expected configs/metadata.json (a MONAI bundle) or config.yaml (a run)")

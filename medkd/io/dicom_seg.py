@@ -12,6 +12,11 @@ described even when it has no voxels; an all-empty mask is written with all (emp
 least one frame. UIDs come from :func:`seg_uids`, so a rerun with the same inputs writes the same file names and
 UIDs. The file is written uncompressed (Explicit VR Little Endian) and atomically.
 
+Patient data stays out of messages: highdicom gets defensive copies of the source slices
+(:func:`medkd.io.dicom_patient.defensive_copies`) in which a patient or study attribute with an invalid value (a birth
+date ``1945-03-17``, a sex ``Female``) is written empty, with a count per keyword in the log; and any error from
+pydicom or highdicom is re-raised with the source's patient values redacted (:func:`medkd.io.phi.guard_phi`).
+
 :func:`validate_with_dciodvfy` runs David Clunie's ``dciodvfy`` (Debian package ``dicom3tools``) when it is
 installed and returns its error lines.
 
@@ -30,13 +35,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
 import subprocess
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,9 @@ import numpy as np
 
 from medkd import __version__
 from medkd.io.atomic import atomic_path
+from medkd.io.dicom_patient import defensive_copies
 from medkd.io.labels import Code, LabelInfo
+from medkd.io.phi import guard_phi, quiet_phi_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom import Dataset
@@ -63,6 +67,7 @@ __all__ = [
     "save_atomic",
     "dciodvfy_messages",
     "validate_with_dciodvfy",
+    "quiet_phi_warnings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,36 +273,30 @@ def write_seg(
 
     Raises:
         ValueError: mask shape is not ``(len(datasets), Rows, Columns)``, the mask holds values that are not label
-            values (named in the message), labels are empty or repeat a value, or ``seg_type`` is unknown.
+            values (named in the message), labels are empty or repeat a value, or ``seg_type`` is unknown; or
+            highdicom/pydicom failed (the message names the problem with every patient value redacted). Invalid
+            patient or study values are not an error: they are written empty (see the module docstring).
+        OSError: the file cannot be written.
     """
     hd = require_highdicom()
     kind = _seg_type(seg_type)
     mask = np.asarray(mask)
-    check_source(datasets)
-    _check_shape(datasets, mask)
-    descriptions = segment_descriptions(labels, model_name=model_name, model_version=model_version)
-    pixels = _segment_numbers(mask, labels)
-    series_uid, sop_uid = seg_uids(uid_entropy)
-    description = series_description if series_description is not None else (
-        f"{model_name} segmentation - research use only"
-    )
-    with quiet_phi_warnings():
-        seg = _build_seg(hd, datasets, pixels, kind, descriptions, series_uid, sop_uid, series_number, model_name,
+    with guard_phi(datasets, "cannot write the DICOM SEG"):
+        sources = defensive_copies(datasets, what="DICOM SEG")
+        check_source(sources)
+        _check_shape(sources, mask)
+        descriptions = segment_descriptions(labels, model_name=model_name, model_version=model_version)
+        pixels = _segment_numbers(mask, labels)
+        series_uid, sop_uid = seg_uids(uid_entropy)
+        description = series_description if series_description is not None else (
+            f"{model_name} segmentation - research use only"
+        )
+        seg = _build_seg(hd, sources, pixels, kind, descriptions, series_uid, sop_uid, series_number, model_name,
                          model_version, device_serial_number, description)
-    _fill_slice_thickness(seg, datasets)
-    out = save_atomic(seg, path)
+        _fill_slice_thickness(seg, sources)
+        out = save_atomic(seg, path)
     logger.debug("wrote %s SEG with %d segments, %d frames: %s", kind.value, len(labels), seg.NumberOfFrames, out)
     return out
-
-
-@contextlib.contextmanager
-def quiet_phi_warnings() -> Iterator[None]:
-    """Silence pydicom's and highdicom's value warnings: they quote header values (patient names, birth dates),
-    and no PHI may reach logs or stderr."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)(\..*)?$")
-        yield
 
 
 def _build_seg(

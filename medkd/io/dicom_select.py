@@ -4,7 +4,9 @@
 Modelled on MONAI Deploy's ``DICOMSeriesSelectorOperator``: a rule has a ``name``, ``conditions`` (a DICOM keyword
 mapped to a regular expression, searched in the value as a string, or to a ``[min, max]`` numeric range) and
 ``min_slices``. The first rule whose conditions all hold selects the series; a series no rule matches is
-``not_selected``, with a message naming the condition of each rule that failed.
+``not_selected``, with a message naming the condition of each rule that failed. Before any rule, a series whose
+UIDs cannot name a folder is ``invalid_uid`` and one with a file cut short is ``truncated``
+(:func:`series_problem`), so such a series never reaches the volume stage nor an output path.
 
 .. code-block:: yaml
 
@@ -31,6 +33,7 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
@@ -38,8 +41,11 @@ from pydicom.multival import MultiValue
 
 from medkd.errors import ConfigError
 from medkd.io.dicom_scan import Reason, SeriesInfo
+from medkd.io.safe_paths import UID_KEYWORDS, uid_problem
 
-__all__ = ["SelectionRule", "Selection", "RULE_KEYS", "parse_rules", "select_series", "check_condition"]
+__all__ = [
+    "SelectionRule", "Selection", "RULE_KEYS", "parse_rules", "series_problem", "select_series", "check_condition",
+]
 
 #: keys a rule may have in the pipeline YAML
 RULE_KEYS: tuple[str, ...] = ("name", "conditions", "min_slices")
@@ -64,6 +70,7 @@ _PHI_KEYWORDS = frozenset(
     }
 )
 _MAX_VALUE = 64
+_MAX_LISTED = 5  # truncated files named in a message
 
 
 @dataclass
@@ -217,18 +224,58 @@ def check_condition(header: Any, keyword: str, condition: Condition) -> str | No
     return None
 
 
-def select_series(series: SeriesInfo, rules: Sequence[SelectionRule]) -> Selection:
+def series_problem(series: SeriesInfo, root: str | Path | None = None) -> tuple[Reason, str] | None:
+    """Why a series must be skipped whatever the rules say, or ``None``.
+
+    Args:
+        series: from :func:`medkd.io.dicom_scan.scan_tree`.
+        root: the scanned folder; files are named relative to it (else by file name).
+
+    Returns:
+        ``(INVALID_UID, message naming the tag)`` when ``StudyInstanceUID`` or ``SeriesInstanceUID`` is not a valid
+        DICOM UID (they name output folders; the value is never echoed), ``(TRUNCATED, message naming the files)``
+        when files of the series have no pixel data (:attr:`~medkd.io.dicom_scan.SeriesInfo.truncated`), else
+        ``None``.
+    """
+    uids = {"StudyInstanceUID": series.study_uid, "SeriesInstanceUID": series.series_uid}
+    problems = [why for kw in UID_KEYWORDS if (why := uid_problem(kw, uids[kw]))]
+    if problems:
+        return Reason.INVALID_UID, "; ".join(problems) + ": not usable as a folder name, series not written"
+    if series.truncated:
+
+        def name(path: Path) -> str:
+            if root is not None and Path(path).is_relative_to(root):
+                return Path(path).relative_to(root).as_posix()
+            return Path(path).name
+
+        listed = ", ".join(name(p) for p in series.truncated[:_MAX_LISTED])
+        more = f" and {len(series.truncated) - _MAX_LISTED} more" if len(series.truncated) > _MAX_LISTED else ""
+        return Reason.TRUNCATED, (
+            f"{len(series.truncated)} file(s) of the series have a header but no pixel data (cut short?): "
+            f"{listed}{more}; re-export the series"
+        )
+    return None
+
+
+def select_series(
+    series: SeriesInfo, rules: Sequence[SelectionRule], *, root: str | Path | None = None
+) -> Selection:
     """Apply the rules to one series: the first rule whose conditions all hold wins.
 
     Args:
         series: from :func:`medkd.io.dicom_scan.scan_tree`; conditions are checked on ``series.header``.
         rules: from :func:`parse_rules`; an empty list selects every series (with a rule named ``all``).
+        root: the scanned folder, to name files in messages relative to it.
 
     Returns:
-        ``Selection(rule)`` for a match; ``Selection(None, TOO_FEW_SLICES, ...)`` when the first matching rule
-        wants more slices than the series has (later rules are not tried); ``Selection(None, NOT_SELECTED, ...)``
-        naming, per rule, the first condition that failed.
+        ``Selection(rule)`` for a match; ``Selection(None, INVALID_UID | TRUNCATED, ...)`` for a series
+        :func:`series_problem` rejects (before any rule); ``Selection(None, TOO_FEW_SLICES, ...)`` when the first
+        matching rule wants more slices than the series has (later rules are not tried);
+        ``Selection(None, NOT_SELECTED, ...)`` naming, per rule, the first condition that failed.
     """
+    problem = series_problem(series, root)
+    if problem is not None:
+        return Selection(None, *problem)
     if not rules:
         return Selection(SelectionRule(name="all"))
     failures = []

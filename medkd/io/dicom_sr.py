@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medkd.io.dicom_seg import (
-    LO_MAX, check_source, coded, quiet_phi_warnings, require_highdicom, save_atomic, seg_uids,
-)
 from medkd.io.atomic import write_text_atomic
+from medkd.io.dicom_patient import defensive_copies
+from medkd.io.dicom_seg import LO_MAX, check_source, coded, require_highdicom, save_atomic, seg_uids
 from medkd.io.labels import Code
+from medkd.io.phi import guard_phi
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom import Dataset
@@ -236,24 +235,45 @@ def write_detection_sr(
         ``Path(path)``.
 
     Raises:
-        ValueError: no datasets, source tags missing (see :func:`medkd.io.dicom_seg.source_tag_problems`), or no
-            detections (highdicom's TID 1500 needs at least one measurement group).
+        ValueError: no datasets, source tags missing (see :func:`medkd.io.dicom_seg.source_tag_problems`), no
+            detections (highdicom's TID 1500 needs at least one measurement group), or highdicom/pydicom failed (the
+            message names the problem with every patient value redacted). Invalid patient or study values are not
+            an error: highdicom gets defensive copies in which they are empty
+            (:func:`medkd.io.dicom_patient.defensive_copies`).
+        OSError: the file cannot be written.
     """
     hd = require_highdicom()
+    with guard_phi(datasets, "cannot write the DICOM SR"):
+        sources = defensive_copies(datasets, what="DICOM SR")
+        check_source(sources)
+        if not detections:
+            raise ValueError(
+                "no detections: highdicom's TID 1500 report needs at least one finding; write only the sidecars"
+            )
+        sr = _build_sr(hd, sources, detections, model_name=model_name, model_version=model_version,
+                       uid_entropy=uid_entropy, series_number=series_number)
+        description = series_description if series_description is not None else (
+            f"{model_name} detections - research use only"
+        )
+        sr.SeriesDescription = description[:LO_MAX]
+        out = save_atomic(sr, path)
+    logger.debug("wrote SR with %d findings: %s", len(detections), out)
+    return out
+
+
+def _build_sr(
+    hd: Any, datasets: Sequence[Dataset], detections: Sequence[Detection], *, model_name: str, model_version: str,
+    uid_entropy: Sequence[str], series_number: int,
+) -> Any:
+    """The highdicom Comprehensive 3D SR of ``detections`` on (defensive copies of) the source slices."""
+    from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    check_source(datasets)
-    if not detections:
-        raise ValueError(
-            "no detections: highdicom's TID 1500 report needs at least one finding; write only the sidecars"
-        )
     algorithm = hd.sr.AlgorithmIdentification(name=model_name[:LO_MAX], version=model_version[:LO_MAX])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=str(generate_uid(entropy_srcs=["medkd", model_name, model_version, "device"])),
         name=model_name[:LO_MAX], manufacturer_name="medkd", model_name=model_name[:LO_MAX],
     )  # fmt: skip
-    from pydicom.sr.codedict import codes
-
     context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(observer_type=codes.DCM.Device,
                                                       observer_identifying_attributes=device)
@@ -267,24 +287,16 @@ def write_detection_sr(
         ],
     )
     series_uid, sop_uid = seg_uids(uid_entropy)
-    with quiet_phi_warnings():
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=list(datasets),
-            content=report,
-            series_instance_uid=series_uid,
-            series_number=int(series_number),
-            sop_instance_uid=sop_uid,
-            instance_number=1,
-            manufacturer="medkd",
-            is_complete=True,
-        )
-    description = series_description if series_description is not None else (
-        f"{model_name} detections - research use only"
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(datasets),
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=int(series_number),
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer="medkd",
+        is_complete=True,
     )
-    sr.SeriesDescription = description[:LO_MAX]
-    out = save_atomic(sr, path)
-    logger.debug("wrote SR with %d findings: %s", len(detections), out)
-    return out
 
 
 def detection_records(

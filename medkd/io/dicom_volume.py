@@ -37,7 +37,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medkd.io.dicom_scan import Reason
+from medkd.io.dicom_scan import Reason, safe_short
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -196,8 +196,8 @@ def _read(path: Path) -> Dataset:
         raise SeriesError(Reason.UNREADABLE, f"{path.name}: {type(err).__name__}: {err.strerror or err}") from err
     except SeriesError:
         raise
-    except Exception as err:  # noqa: BLE001 - corrupt header
-        raise SeriesError(Reason.UNREADABLE, f"{path.name}: cannot parse header: {type(err).__name__}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - corrupt header; pydicom may quote values, so they are redacted
+        raise SeriesError(Reason.UNREADABLE, f"{path.name}: cannot parse header: {safe_short(err)}") from err
 
 
 def tag_problems(datasets: Sequence[Dataset]) -> dict[str, int]:
@@ -231,8 +231,28 @@ def _check_tags(datasets: Sequence[Dataset]) -> None:
         raise SeriesError(Reason.MISSING_TAGS, f"required tags missing or empty: {listed}")
 
 
-def _floats(datasets: Sequence[Dataset], keyword: str) -> np.ndarray:
-    return np.array([[float(v) for v in ds[keyword].value] for ds in datasets], dtype=np.float64)
+def _floats(datasets: Sequence[Dataset], keyword: str, *, positive: bool = False) -> np.ndarray:
+    """``(n, values)`` float64 of a multi-valued geometry tag; ``MISSING_TAGS`` unless every value is a finite
+    number (and ``> 0`` with ``positive``)."""
+    try:
+        values = np.array([[float(v) for v in ds[keyword].value] for ds in datasets], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise SeriesError(Reason.MISSING_TAGS, f"{keyword} holds a value that is not a number") from None
+    if not np.all(np.isfinite(values)) or (positive and np.any(values <= 0)):
+        kind = "finite positive numbers" if positive else "finite numbers"
+        raise SeriesError(Reason.MISSING_TAGS, f"{keyword} must hold {kind}")
+    return values
+
+
+def _scalars(datasets: Sequence[Dataset], keyword: str, default: float) -> np.ndarray:
+    """One finite float per slice (``default`` when absent or empty), else ``MISSING_TAGS``."""
+    try:
+        values = np.array([float(ds.get(keyword, default) or default) for ds in datasets], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise SeriesError(Reason.MISSING_TAGS, f"{keyword} holds a value that is not a number") from None
+    if not np.all(np.isfinite(values)):
+        raise SeriesError(Reason.MISSING_TAGS, f"{keyword} must be a finite number")
+    return values
 
 
 def _check_frames(datasets: Sequence[Dataset], paths: Sequence[Path]) -> None:
@@ -266,7 +286,9 @@ def _orientation(iops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _check_shape(datasets: Sequence[Dataset]) -> None:
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
-    spacings = {tuple(round(float(v), 6) for v in ds.PixelSpacing) for ds in datasets}
+    if any(r < 1 or c < 1 for r, c in shapes):
+        raise SeriesError(Reason.MISSING_TAGS, "Rows and Columns must be at least 1")
+    spacings = {tuple(round(float(v), 6) for v in row) for row in _floats(datasets, "PixelSpacing", positive=True)}
     if len(shapes) > 1 or len(spacings) > 1:
         listed = ", ".join(f"{r}x{c}" for r, c in sorted(shapes))
         raise SeriesError(
@@ -321,12 +343,15 @@ def sort_by_position(ipps: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, 
     return order, mean
 
 
-def _decode_error(err: Exception, path: Path) -> SeriesError:
+def _decode_error(err: Exception, path: Path, ds: Dataset | None = None) -> SeriesError:
+    from medkd.io.phi import phi_values, redact
+
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = redact(text, phi_values([ds]))  # decoders name lengths and syntaxes, but never risk a patient value
     if isinstance(err, ValueError) and ("bytes" in text or "expected" in text):
         return SeriesError(Reason.TRUNCATED, f"{path.name}: pixel data truncated: {text}")
     if (isinstance(err, RuntimeError) and "Unable to decode" in text) or isinstance(err, NotImplementedError):
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        detail = redact(" ".join(line.strip() for line in str(err).splitlines()[1:3]), phi_values([ds]))
         hint = "install pylibjpeg with pylibjpeg-libjpeg/pylibjpeg-openjpeg, or python-gdcm"
         return SeriesError(Reason.NO_DECODER, f"{path.name}: no decoder for its pixel data ({detail or text}); {hint}")
     return SeriesError(Reason.UNREADABLE, f"{path.name}: cannot decode pixel data: {type(err).__name__}: {text}")
@@ -345,17 +370,21 @@ def _pixels(datasets: Sequence[Dataset], paths: Sequence[Path]) -> np.ndarray:
                 warnings.simplefilter("ignore")  # e.g. "pixel data has more bytes than expected"
                 frame = pixel_array(ds)  # the function, not ds.pixel_array: no cached copy kept on the dataset
         except Exception as err:  # noqa: BLE001 - mapped to a reason
-            raise _decode_error(err, path) from err
+            raise _decode_error(err, path, ds) from err
         if frame.shape != (rows, cols):
             raise SeriesError(Reason.UNSUPPORTED, f"{path.name}: decoded shape {frame.shape}, expected {(rows, cols)}")
         out[i] = apply_rescale(frame, ds) if use_lut else frame
     if not use_lut:
-        slope = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets], dtype=np.float32)
-        intercept = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets], dtype=np.float32)
-        if np.any(slope != 1):
-            out *= slope[:, None, None]
-        if np.any(intercept != 0):
-            out += intercept[:, None, None]
+        slope = _scalars(datasets, "RescaleSlope", 1.0).astype(np.float32)
+        intercept = _scalars(datasets, "RescaleIntercept", 0.0).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+            if np.any(slope != 1):
+                out *= slope[:, None, None]
+            if np.any(intercept != 0):
+                out += intercept[:, None, None]
+    if not np.all(np.isfinite(out)):
+        raise SeriesError(Reason.MISSING_TAGS, "RescaleSlope/RescaleIntercept (or the modality LUT) give values "
+                                               "that are not finite float32 numbers")
     return out
 
 
@@ -389,12 +418,14 @@ def load_series_volume(files: Sequence[str | Path], *, min_slices: int = 1) -> D
     _check_frames(datasets, paths)
     _check_tags(datasets)
     row, col, normal = _orientation(_floats(datasets, "ImageOrientationPatient"))
+    for keyword in ("SliceThickness", "SpacingBetweenSlices"):  # copied into the SEG: numbers or empty
+        _scalars(datasets, keyword, 0.0)
     _check_shape(datasets)
     ipps = _floats(datasets, "ImagePositionPatient")
     order, gap = sort_by_position(ipps, normal)
     if np.isnan(gap):
         first = datasets[0]
-        gap = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        gap = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)  # numbers: checked
         gap = gap if gap > 0 else 1.0
     datasets = [datasets[i] for i in order]
     paths = [paths[i] for i in order]

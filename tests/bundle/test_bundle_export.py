@@ -176,8 +176,8 @@ def test_verify_bundle_passes_a_good_bundle(bundles, kind):
     results = verify_bundle(bundles[kind])
     assert all(isinstance(r, CheckResult) for r in results)
     assert [r for r in results if not r.ok] == []
-    names = {"files", "metadata_schema", "changelog", "properties", "net_in_out", "weights", "dependency:fire",
-             "dependency:ignite", "dependency:jsonschema", "dependency:yaml"}
+    names = {"files", "trust", "metadata_schema", "changelog", "properties", "net_in_out", "weights",
+             "dependency:fire", "dependency:ignite", "dependency:jsonschema", "dependency:yaml"}
     assert {r.name for r in results} == names
 
 

@@ -252,3 +252,27 @@ def test_all_matched_false_keeps_one_series_per_study_on_every_shard(tmp_path):
                            progress=False) for k in (1, 2)]
     merged = {r.series_uid: (r.status, r.reason) for p in shards for r in _rows(p, "series")}
     assert merged == status
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_devices_accepted(device):
+    assert PipelineConfig(device=device).device == device
+
+
+def test_bad_device_and_workers_are_config_errors(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: x\ndevice: tpu\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: device must be .*'tpu'"):
+        load_pipeline(bad)
+    root = tmp_path / "in"
+    write_dicom_series(root, n_slices=2, rows=8, cols=8)
+    for kwargs, key in (({"device": "tpu"}, "device"), ({"device": "cuda:"}, "device"), ({"workers": -1}, "workers"),
+                        ({"workers": 1.5}, "workers"), ({"workers": True}, "workers")):
+        with pytest.raises(ConfigError, match=key):
+            run_pipeline(CT_ONLY, root, tmp_path / "out", predictor=threshold_predictor(), progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+    existing = tmp_path / "file.txt"
+    existing.write_text("keep")
+    with pytest.raises(DataError, match="not a folder"):
+        run_pipeline(CT_ONLY, root, existing, workers=0, predictor=threshold_predictor(), progress=False)
+    assert existing.read_text() == "keep"

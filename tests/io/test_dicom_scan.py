@@ -111,7 +111,12 @@ def test_odd_files(tmp_path: Path):
 
     series, entries = scan_tree(root)
     by_rel = _by_rel(entries, root)
-    assert sorted(by_rel) == ["CT_small.dcm", "empty.dcm", "notes.txt", "random.bin", "rtstruct.dcm"]
+    assert sorted(by_rel) == ["CT_small.dcm", "empty.dcm", "link_dir", "link_file.dcm", "notes.txt", "random.bin",
+                              "rtstruct.dcm"]
+    # links get a row each and are never read through: the one leaving the tree is not followed, the one inside
+    # names its target, which is scanned under its own path (once)
+    assert by_rel["link_dir"].reason == Reason.SYMLINK and "leaving the input folder" in by_rel["link_dir"].message
+    assert by_rel["link_file.dcm"].reason == Reason.SYMLINK and "CT_small.dcm" in by_rel["link_file.dcm"].message
     assert by_rel["rtstruct.dcm"].reason == Reason.NON_IMAGE and "RTSTRUCT" in by_rel["rtstruct.dcm"].message
     assert by_rel["rtstruct.dcm"].sop_uid  # read through the force path
     assert by_rel["CT_small.dcm"].status == "ok"
@@ -245,3 +250,79 @@ def test_reason_values_and_hints():
     assert Reason("no_decoder") is Reason.NO_DECODER and str(Reason.TRUNCATED) == "truncated"
     assert all(reason.hint for reason in Reason)
     assert "pylibjpeg" in Reason.NO_DECODER.hint and "gdcm" in Reason.NO_DECODER.hint
+
+
+def test_parser_errors_never_quote_header_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = shutil.copy(_testdata("CT_small.dcm"), tmp_path / "a.dcm")
+
+    def crash(*args, **kwargs):
+        raise ValueError("Invalid value for VR DA: '1945-03-17' in PatientBirthDate (b'Doe^Jane')")
+
+    monkeypatch.setattr(dicom_scan.pydicom, "dcmread", crash)
+    entry, _ = scan_file(path)
+    assert entry.reason == Reason.UNREADABLE and "Invalid value for VR DA" in entry.message
+    assert "1945" not in entry.message and "Doe" not in entry.message and "PatientBirthDate" in entry.message
+
+
+def _offset(data: bytes, group: int, element: int) -> int:
+    """Byte offset of an explicit VR little endian element's tag in the dataset (after the file meta)."""
+    return data.index(group.to_bytes(2, "little") + element.to_bytes(2, "little"), 132 + 12)
+
+
+@pytest.mark.parametrize(
+    "cut, why",
+    [
+        (lambda d: _offset(d, 0x0020, 0x1041) + 10, "ends inside a data element"),  # inside SliceLocation's value
+        (lambda d: _offset(d, 0x7FE0, 0x0010), "Rows/Columns"),  # pixel data cut off
+        (lambda d: _offset(d, 0x0028, 0x0010), "series of image files"),  # header only, next to image files
+    ],
+)
+def test_slice_cut_in_its_header_is_truncated_and_marks_its_series(tmp_path: Path, cut, why):
+    series = write_dicom_series(tmp_path / "s", n_slices=3, rows=8, cols=8)
+    victim = series.paths[1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: cut(data)])
+    found, entries = scan_tree(tmp_path)
+    by_path = {e.path: e for e in entries}
+    assert by_path[victim].reason == Reason.TRUNCATED and why in by_path[victim].message
+    assert by_path[victim].series_uid == series.series_uid
+    [info] = found
+    assert info.truncated == [victim] and victim not in info.files and info.n_files == 2
+
+
+def test_header_only_series_stays_non_image(tmp_path: Path):
+    """A lone header-only slice (no Rows/Columns, complete file), as in pydicom's TINY_ALPHA set, is non_image."""
+    series = write_dicom_series(tmp_path / "s", n_slices=1, rows=8, cols=8)
+    data = series.paths[0].read_bytes()
+    series.paths[0].write_bytes(data[: _offset(data, 0x0028, 0x0010)])
+    found, entries = scan_tree(tmp_path)
+    assert not found and entries[0].reason == Reason.NON_IMAGE and entries[0].header_only
+    tiny = TEST_FILES / "dicomdirtests" / "TINY_ALPHA" / "PT000000" / "ST000000" / "SE000000" / "IM000000"
+    entry, _ = scan_file(tiny)
+    assert entry.reason == Reason.NON_IMAGE and entry.header_only and "header only" in entry.message
+
+
+def test_special_files_get_an_unreadable_row_and_are_not_opened(tmp_path: Path):
+    os.mkfifo(tmp_path / "pipe")  # opening it would block the scan
+    write_dicom_series(tmp_path / "s", n_slices=2, rows=8, cols=8)
+    _, entries = scan_tree(tmp_path)
+    by_rel = _by_rel(entries, tmp_path)
+    assert by_rel["pipe"].reason == Reason.UNREADABLE and "FIFO" in by_rel["pipe"].message
+    assert len(entries) == 3
+
+
+def test_links_loops_and_excluded_output(tmp_path: Path):
+    root = tmp_path / "in"
+    write_dicom_series(root / "s", n_slices=2, rows=8, cols=8)
+    (root / "out" / "x").mkdir(parents=True)
+    (root / "out" / "x" / "seg.dcm").write_bytes(b"an output")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "to_out").symlink_to(root / "out" / "x" / "seg.dcm")
+    (root / "to_s").symlink_to(root / "s", target_is_directory=True)
+    series, entries = scan_tree(root, exclude=[root / "out"])
+    by_rel = _by_rel(entries, root)
+    assert sorted(by_rel) == ["loop", "s/IM0000.dcm", "s/IM0001.dcm", "to_out", "to_s"]
+    assert {by_rel[k].reason for k in ("loop", "to_out", "to_s")} == {Reason.SYMLINK}
+    assert "loop" in by_rel["loop"].message and "leaving" in by_rel["to_out"].message
+    assert by_rel["to_s"].message.endswith("symbolic link to s, scanned under that path")
+    assert len(series) == 1 and series[0].n_files == 2

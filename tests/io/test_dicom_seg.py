@@ -5,7 +5,10 @@ UIDs are deterministic, writes are atomic, bad input is refused, and dciodvfy fi
 from __future__ import annotations
 
 import copy
+import logging
 import re
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +313,71 @@ def test_bool_and_signed_masks(tmp_path, series, labels):
     signed[0, 0, 0] = -2
     with pytest.raises(ValueError, match=r"mask values \[-2\]"):
         write(datasets, signed, labels, tmp_path / "neg.dcm")
+
+
+# ------------------------------------------------------------------------------------------- patient data (issue 8)
+
+
+def with_values(datasets: list, **values) -> list:
+    """Deep copies of the slices with the given attribute values (pydicom's warnings about them silenced)."""
+    copies = [copy.deepcopy(ds) for ds in datasets]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ds in copies:
+            for keyword, value in values.items():
+                setattr(ds, keyword, value)
+    return copies
+
+
+@pytest.mark.parametrize("keyword, value", [("PatientBirthDate", "1945-03-17"), ("PatientSex", "Female"),
+                                            ("StudyTime", "12:30:00"), ("PatientAge", "45 years"),
+                                            ("PatientID", "MRN-" + "4" * 70)])  # fmt: skip
+def test_invalid_patient_values_are_written_empty_and_never_quoted(tmp_path, series, labels, caplog, keyword, value):
+    """The issue's case: an invalid type 2 value made the writer fail with the value in its message. Now the SEG
+    is written with the attribute empty, the log names the keyword and a count, and the caller's slices keep it."""
+    _, datasets = series
+    hostile = with_values(datasets, **{keyword: value})
+    mask = label_map((6, 24, 20))
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    path = write(hostile, mask, labels, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg[keyword].value in ("", None) and value.encode() not in path.read_bytes()
+    assert seg.PatientName == "Synthetic^Phantom" or keyword == "PatientName"  # valid values are kept
+    np.testing.assert_array_equal(read_back(path, hostile, labels), mask)
+    assert f"DICOM SEG: source {keyword} " in caplog.text and "in 6 of 6 images: written empty" in caplog.text
+    assert value not in caplog.text
+    assert all(str(getattr(ds, keyword)) == value for ds in hostile)  # the caller's datasets are not changed
+    if dciodvfy_messages(path) is not None:  # empty type 2 attributes keep the SEG valid
+        assert_dciodvfy_clean(path)
+
+
+def test_unexpected_errors_are_redacted(tmp_path, series, labels, monkeypatch):
+    """An error from highdicom that quotes patient values reaches the caller with the values redacted, the keyword
+    named, and no chained original in its traceback."""
+    _, datasets = series
+
+    def failing(**kwargs):
+        src = kwargs["source_images"][0]
+        raise ValueError(f"cannot handle {str(src.PatientName)!r} ({src.PatientID})")
+
+    monkeypatch.setattr(hd.seg, "Segmentation", failing)
+    with pytest.raises(ValueError) as info:
+        write(datasets, label_map((6, 24, 20)), labels, tmp_path / "seg.dcm")
+    message = str(info.value)
+    assert message.startswith("cannot write the DICOM SEG: ValueError: cannot handle '<redacted>' (<redacted>)")
+    assert "PatientID" in message and "PatientName" in message
+    text = "".join(traceback.format_exception(info.value))
+    assert "Synthetic" not in text and "SYN0001" not in text and "Phantom" not in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_valid_name_without_caret_is_kept_but_not_logged(tmp_path, series, labels, caplog):
+    """highdicom logs a warning quoting any patient name without a caret; the writer redacts it."""
+    _, datasets = series
+    named = with_values(datasets, PatientName="Anonymous Person")
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    path = write(named, label_map((6, 24, 20)), labels, tmp_path / "seg.dcm")
+    assert pydicom.dcmread(path).PatientName == "Anonymous Person"
+    assert "Anonymous" not in caplog.text and "<redacted>" in caplog.text

@@ -146,3 +146,27 @@ def test_parse_rules_source_and_defaults():
     rules = parse_rules([{"conditions": {"Modality": "CT", "SliceThickness": [1, None]}}, {"name": "b"}])
     assert rules[0] == SelectionRule(name="rule0", conditions={"Modality": "CT", "SliceThickness": [1.0, float("inf")]})
     assert rules[1].conditions == {} and rules[1].min_slices == 1
+
+
+@pytest.mark.parametrize(
+    "study, series_uid, keyword",
+    [("/etc", "1.2.3.4", "StudyInstanceUID"), ("1.2.3", "..", "SeriesInstanceUID"), ("", "1.2", "StudyInstanceUID"),
+     ("1.2.3", "1.2/../../x", "SeriesInstanceUID"), ("1.2.3", "9" * 65, "SeriesInstanceUID")],
+)
+def test_invalid_uids_are_skipped_before_any_rule(study, series_uid, keyword):
+    series = _series()
+    series.study_uid, series.series_uid = study, series_uid
+    selection = select_series(series, [])  # no rule: every valid series would be selected
+    assert selection.rule is None and selection.reason == Reason.INVALID_UID
+    bad = series_uid if keyword == "SeriesInstanceUID" else study
+    assert keyword in selection.message
+    assert not bad or bad not in selection.message.replace(keyword, "")  # the value is never echoed
+
+
+def test_truncated_files_skip_the_series_naming_them():
+    series = _series(n_files=4)
+    series.truncated = [Path("/in/s/004.dcm"), Path("/in/s/sub/005.dcm")]
+    selection = select_series(series, [SelectionRule(name="any")], root=Path("/in"))
+    assert selection.rule is None and selection.reason == Reason.TRUNCATED
+    assert "s/004.dcm" in selection.message and "s/sub/005.dcm" in selection.message and "/in/" not in selection.message
+    assert "004.dcm" in select_series(series, []).message  # without a root: file names

@@ -7,6 +7,9 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +199,41 @@ def test_sidecars(tmp_path, series):
     assert json.loads(json_path.read_text())["detections"] == []
     assert csv_path.read_text().count("\n") == 1 and csv_path.read_text().startswith("study_uid,series_uid")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["detections.csv", "detections.json"]
+
+
+# ------------------------------------------------------------------------------------------- patient data (issue 8)
+
+
+@pytest.mark.parametrize("keyword, value", [("PatientBirthDate", "1945-03-17"), ("PatientSex", "Female"),
+                                            ("StudyDate", "2024-01-02"), ("AccessionNumber", "ACC-" + "7" * 20)])
+def test_invalid_patient_values_are_written_empty_and_never_quoted(tmp_path, series, caplog, keyword, value):
+    """An invalid type 2 value made highdicom fail with the value in its message; now it is written empty."""
+    _, datasets = series
+    hostile = [copy.deepcopy(ds) for ds in datasets]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ds in hostile:
+            setattr(ds, keyword, value)
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    path = write_detection_sr(hostile, DETECTIONS, tmp_path / "sr.dcm", uid_entropy=["a", "sr"], **MODEL)
+    sr = hd.sr.srread(path)
+    assert sr[keyword].value in ("", None) and value.encode() not in path.read_bytes()
+    assert len(sr.content.get_planar_roi_measurement_groups()) == len(DETECTIONS)
+    assert f"DICOM SR: source {keyword} " in caplog.text and "in 5 of 5 images: written empty" in caplog.text
+    assert value not in caplog.text and all(str(getattr(ds, keyword)) == value for ds in hostile)
+
+
+def test_unexpected_errors_are_redacted(tmp_path, series, monkeypatch):
+    _, datasets = series
+
+    def failing(**kwargs):
+        raise ValueError(f"cannot handle {kwargs['evidence'][0].AccessionNumber!r}")
+
+    monkeypatch.setattr(hd.sr, "Comprehensive3DSR", failing)
+    with pytest.raises(ValueError) as info:
+        write_detection_sr(datasets, DETECTIONS, tmp_path / "sr.dcm", uid_entropy=["a"], **MODEL)
+    assert str(info.value) == ("cannot write the DICOM SR: ValueError: cannot handle '<redacted>' "
+                               "[redacted: values of AccessionNumber]")  # fmt: skip
+    assert "ACC0001" not in "".join(traceback.format_exception(info.value))
+    assert list(tmp_path.iterdir()) == []

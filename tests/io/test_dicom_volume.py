@@ -346,3 +346,36 @@ def test_pickle_and_spawn_worker(tmp_path: Path):
         failed = pool.submit(load_series_volume, [str(p) for p in bad.paths]).exception(timeout=120)
     assert np.array_equal(remote.array, vol.array) and remote.spacing == vol.spacing
     assert isinstance(failed, SeriesError) and failed.reason == Reason.INCONSISTENT_SPACING
+
+
+@pytest.mark.parametrize(
+    "keyword, value",
+    [
+        ("ImagePositionPatient", ["nan", "0", "0"]),
+        ("ImagePositionPatient", ["inf", "0", "0"]),
+        ("ImageOrientationPatient", ["nan", "0", "0", "0", "1", "0"]),
+        ("ImageOrientationPatient", ["0", "0", "0", "0", "0", "0"]),
+        ("PixelSpacing", ["0", "0.8"]),
+        ("PixelSpacing", ["-1", "0.8"]),
+        ("PixelSpacing", ["nan", "0.8"]),
+        ("RescaleSlope", "nan"),
+        ("RescaleIntercept", "inf"),
+        ("RescaleSlope", "1e38"),  # finite, but the rescaled values overflow float32
+    ],
+)
+def test_non_finite_geometry_and_rescale_are_rejected(tmp_path: Path, keyword: str, value):
+    """Hostile values never become a NaN affine or NaN voxels silently handed to the model."""
+    import warnings
+
+    series = write_dicom_series(tmp_path / "s", n_slices=3, rows=8, cols=8)
+
+    def change(ds: Dataset, i: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            setattr(ds, keyword, value)
+
+    _edit(series.paths, change)
+    with pytest.raises(SeriesError) as info:
+        load_series_volume(series.paths)
+    assert info.value.reason in (Reason.MISSING_TAGS, Reason.INCONSISTENT_ORIENTATION)
+    assert keyword.split("Patient")[0] in info.value.message or "orthogonal" in info.value.message
