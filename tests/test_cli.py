@@ -159,3 +159,19 @@ def test_unknown_key_error_that_is_not_a_registry_name_is_an_internal_error(caps
     monkeypatch.setattr(api, "bcp_eval", lambda *a, **k: {}["missing"])
     assert main(["bcp", "eval", "--run", str(tmp_path), "--data-root", str(tmp_path)]) == 1
     assert "internal error: KeyError" in capsys.readouterr().err
+
+
+def test_pydicom_value_warnings_never_reach_the_console(capsys, caplog, monkeypatch):
+    import logging
+
+    from medkd import api
+
+    def noisy(bundle):
+        logging.getLogger("pydicom").warning("Invalid value for VR DA: '1945-03-17'")  # pydicom quotes values
+        return "bundle text"
+
+    monkeypatch.setattr(api, "bundle_info", noisy)
+    with caplog.at_level(logging.DEBUG):
+        assert main(["bundle", "info", "x"]) == 0
+    assert "1945-03-17" not in capsys.readouterr().err + caplog.text
+    logging.getLogger("pydicom").setLevel(logging.NOTSET)

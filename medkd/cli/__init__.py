@@ -48,8 +48,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
     if not args.verbose:  # libraries' INFO chatter (highdicom lists every module it copies) only with -v
-        for name in ("highdicom", "pydicom", "monai"):
+        for name in ("highdicom", "monai"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # pydicom's value warnings quote the value ("Invalid value for VR DA: '...'"): patient data on the console
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
