@@ -18,10 +18,10 @@ import numpy as np
 import streamlit as st
 
 from medkd.app import DISCLAIMER
-from medkd.app.session import cached_predictor, digest, session_cache, session_dir
-from medkd.errors import MedkdError
+from medkd.app.session import cached_predictor, digest, session_cache, session_dir, trust_bundles
+from medkd.errors import MedkdError, UntrustedBundleError
 
-__all__ = ["render", "Result"]
+__all__ = ["Result", "render"]
 
 logger = logging.getLogger("medkd.app")
 
@@ -78,8 +78,12 @@ def _input() -> tuple[Any, str]:
             try:
                 with st.spinner("Reading the upload…"):
                     decoded[key] = load_upload(pairs, session_dir() / key[:16])
-            except MedkdError as err:
+            except MedkdError as err:  # names the file as uploaded; no patient value, no server path
                 st.error(f"Cannot read the upload. {err}")
+                st.stop()
+            except Exception as err:  # never a traceback on the page; the log keeps it
+                logger.exception("reading an upload failed")
+                st.error(f"Cannot read the upload: an internal error ({type(err).__name__}); the server log has it.")
                 st.stop()
     image = decoded[key]
     with st.sidebar.expander("Image information", expanded=False):
@@ -119,16 +123,14 @@ def _models() -> list[tuple[str, Any]]:
     if not chosen:
         st.info("Choose a bundle in the sidebar.")
         st.stop()
+    trust = trust_bundles()
+    if trust:
+        st.sidebar.caption("Bundles are trusted (`--trust-bundle`): code in their configs runs.")
     loaded = []
     for name in chosen:
-        try:
-            predictor = cached_predictor(options[name], "auto")
-        except MedkdError as err:
-            st.error(f"Cannot load the bundle '{name}'. {err}")
-            st.stop()
-        if predictor.kind != "segmentation":
-            st.error(f"'{name}' is a {predictor.kind} model; this view shows segmentation models.")
-            st.stop()
+        predictor = _load_model(name, options[name], trust)
+        if predictor is None:
+            continue
         loaded.append((name, predictor))
         with st.sidebar.expander(f"About {name}", expanded=False):
             meta = predictor.metadata
@@ -136,7 +138,29 @@ def _models() -> list[tuple[str, Any]]:
             st.markdown(f"**Intended use.** {meta.get('intended_use') or DISCLAIMER}")
             st.markdown("**Labels.** " + ", ".join(f"{l.value} {l.name}" for l in predictor.labels))
             st.caption(f"version {predictor.version} · weights {predictor.weights_sha256[:12]}… · {DISCLAIMER}")
+    if not loaded:
+        st.info("Choose another bundle in the sidebar.")
+        st.stop()
     return loaded
+
+
+def _load_model(name: str, folder: str, trust: bool) -> Any | None:
+    """The loaded segmentation model, or ``None`` after showing why not (the other chosen models still run)."""
+    try:
+        predictor = cached_predictor(folder, "auto", trust)
+    except UntrustedBundleError as err:
+        logger.warning("bundle %s refused (untrusted code): %s", name, err.problem)
+        st.error(f"The bundle '{name}' was not loaded: its configs hold code outside medkd's allowlist "
+                 f"(`{err.key}` in {Path(err.path).name}), and none of it was run. Choose another bundle; if you "
+                 "trust whoever made this one, restart the app with `medkd app --trust-bundle`.")
+        return None
+    except MedkdError as err:
+        st.error(f"Cannot load the bundle '{name}'. {err}")
+        return None
+    if predictor.kind != "segmentation":
+        st.error(f"'{name}' is a {predictor.kind} model; this view shows segmentation models.")
+        return None
+    return predictor
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -152,9 +176,9 @@ def _run(image: Any, image_key: str, predictors: list[tuple[str, Any]]) -> list[
             start = time.perf_counter()
             try:
                 mask = predictor(image.array)
-            except Exception as err:  # noqa: BLE001 - show the user a message, keep the traceback in the log
+            except Exception as err:  # show the user a message, keep the traceback in the log
                 logger.exception("inference failed with %s", name)
-                st.error(f"The model '{name}' failed on this input: {type(err).__name__}: {err}")
+                st.error(f"The model '{name}' failed on this input: {_safe_message(err, image)}")
                 st.stop()
             masks[(name, predictor.weights_sha256, image_key)] = (mask, time.perf_counter() - start)
         bar.empty()
@@ -239,6 +263,28 @@ def _nifti_bytes(image: Any, result: Result) -> bytes:
     return path.read_bytes()
 
 
+def _safe_message(err: BaseException, image: Any) -> str:
+    """``Type: message`` of ``err`` without the input's patient values or the session's server folder."""
+    from medkd.io.phi import phi_values, redact, safe_error
+
+    datasets = image.dicom.datasets if getattr(image, "dicom", None) is not None else []
+    text = redact(str(err), phi_values(datasets)) if isinstance(err, MedkdError) else safe_error(err, datasets)
+    return text.replace(str(session_dir()), "…")
+
+
+def _seg_download(image: Any, image_key: str, result: Result) -> bytes | str:
+    """The DICOM SEG of ``result``, or (cached too, so a rerun does not retry) why it cannot be written."""
+    files = session_cache("downloads")
+    key = ("seg", result.name, image_key)
+    if key not in files:
+        try:
+            files[key] = _seg_bytes(image, result)
+        except Exception as err:  # noqa: BLE001 - any writer failure: a message, never a traceback or a value
+            files[key] = _safe_message(err, image)
+            logger.warning("DICOM SEG with %s not written: %s", result.name, files[key])
+    return files[key]
+
+
 def _seg_bytes(image: Any, result: Result) -> bytes:
     from medkd.io.dicom_seg import write_seg
 
@@ -275,10 +321,12 @@ def _tables_and_downloads(image: Any, image_key: str, results: list[Result]) -> 
     cols[0].download_button("Mask (NIfTI)", _file_bytes(("nii", chosen.name, image_key),
                                                         lambda: _nifti_bytes(image, chosen)),
                             file_name=f"{stem}_mask.nii.gz", mime="application/gzip", key="dl_nifti")
-    if image.dicom is not None:
-        cols[1].download_button("Mask (DICOM SEG)", _file_bytes(("seg", chosen.name, image_key),
-                                                                lambda: _seg_bytes(image, chosen)),
-                                file_name=f"{stem}_seg.dcm", mime="application/dicom", key="dl_seg")
+    seg = _seg_download(image, image_key, chosen) if image.dicom is not None else None
+    if isinstance(seg, bytes):
+        cols[1].download_button("Mask (DICOM SEG)", seg, file_name=f"{stem}_seg.dcm", mime="application/dicom",
+                                key="dl_seg")
+    elif seg is not None:
+        cols[1].error(f"DICOM SEG: cannot be written for this series ({seg}). The NIfTI mask has the same labels.")
     else:
         cols[1].caption("DICOM SEG: only for DICOM inputs")
     cols[2].download_button("Volumes (CSV)", volumes_csv(rows, disclaimer=DISCLAIMER), file_name="volumes.csv",

@@ -16,10 +16,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="address to listen on (default localhost; 0.0.0.0 serves the network, with no login)")
     app.add_argument("--models", default=None, help="folder of bundles and zoo.yaml (sets $MEDKD_MODELS)")
     app.add_argument("--headless", action="store_true", help="do not open a browser tab")
+    app.add_argument("--trust-bundle", action="store_true",
+                     help="let the app run code in bundle configs ($ expressions, _target_ outside medkd's "
+                          "allowlist; sets $MEDKD_TRUST_BUNDLES=1); only for bundles you trust")
     app.set_defaults(handler=_app, interrupt_hint="the app stopped")
 
 
 def _app(args: argparse.Namespace) -> int:
     from medkd import api
 
-    return api.app(port=args.port, address=args.address, models=args.models, headless=args.headless)
+    return api.app(port=args.port, address=args.address, models=args.models, headless=args.headless,
+                   trust_bundle=args.trust_bundle)

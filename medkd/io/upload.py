@@ -4,42 +4,76 @@
 :func:`load_upload` takes ``(file name, bytes)`` pairs, as ``st.file_uploader`` gives them, and sniffs the content,
 never the extension (DICOM files often have none, and a ``.nii.gz`` may arrive named ``gz``):
 
-- **zip** archives are extracted safely (no absolute or ``..`` paths, at most :data:`MAX_ZIP_MEMBERS` files and
-  :data:`MAX_ZIP_BYTES` uncompressed; folders, ``__MACOSX`` and ``.DS_Store`` skipped) and their files treated like
-  uploaded ones;
-- **DICOM** files (``DICM`` after the 128-byte preamble, or a ``SOPClassUID`` when read with ``force``) are scanned
+- **zip** archives are extracted safely (no absolute or ``..`` paths; folders, ``__MACOSX`` and ``.DS_Store``
+  skipped; within the limits below) and their files treated like uploaded ones; a zip inside is not opened;
+- **DICOM** files (``DICM`` after the 128-byte preamble, or a raw dataset whose first bytes are a plausible
+  little-endian group 0002/0008 element, as pydicom's ``rtstruct.dcm``) are scanned
   (:func:`medkd.io.dicom_scan.scan_file`) and the image series with the most files becomes the volume
-  (:func:`medkd.io.dicom_volume.load_series_volume`: sorted by position, rescaled to HU for CT);
+  (:func:`medkd.io.dicom_volume.load_series_volume`: sorted by position, rescaled to HU for CT); a series with a
+  truncated slice is refused, naming the slice;
 - **NIfTI** (``.nii`` or gzip-compressed, NIfTI-1 or -2, found by the header's size and magic) is read with
   :func:`medkd.io.volume_io.read_volume`;
 - **PNG/JPEG** becomes a greyscale ``(1, H, W)`` float32 image.
 
-Files that are none of these are ignored when the rest of the upload is usable (``LoadedImage.note`` says so).
-Every problem raises :class:`~medkd.errors.DataError` naming the file and saying, in clinical words, what is wrong;
-no message or log line holds patient data. Everything is written under ``workdir`` (the app's session folder).
+Files that are none of these are ignored when the rest of the upload is usable (``LoadedImage.note`` says so);
+they are never handed to pydicom. Every problem raises :class:`~medkd.errors.DataError` naming the file as the
+user called it (or its name inside the zip) and saying, in clinical words, what is wrong; no message holds patient
+data or a server path. Everything is written under ``workdir`` (the app's session folder).
+
+Limits (hostile uploads cost seconds, not minutes or gigabytes). Each is a module constant, overridden by the
+environment variable ``MEDKD_UPLOAD_<NAME>`` (a positive whole number; read on every upload) and by
+``load_upload(..., limits=upload_limits(max_voxels=...))``:
+
+========================  ==============  =================================================================
+name                      default         what it bounds
+========================  ==============  =================================================================
+``MAX_ZIP_BYTES``         1 GiB           bytes unpacked from one upload: zip members, counted while they are
+                                          extracted (the declared sizes only refuse early), and Deflated DICOM
+                                          datasets, inflated a chunk at a time: a bomb stops at the limit
+``MAX_ZIP_MEMBERS``       20,000          entries (files and folders) of one zip archive, checked from its end
+                                          record before its file list is parsed
+``MAX_VOXELS``            2**28           voxels of a NIfTI volume, pixels of an image, voxels of a DICOM
+                                          series (512 x 512 x 1024), read from the header before decoding
+``MAX_DECODE_BYTES``      3 GiB           memory to decode one volume or image: header shape x (twice the
+                                          stored voxel size + 4 bytes of float32), checked before decoding
+``MAX_DICOM_READS``       1,000,000       pydicom reads of all DICOM headers of one upload (about two per
+                                          element; 2,000 slices of 500): a file of tiny elements stops there
+========================  ==============  =================================================================
+
+Streamlit's own ``server.maxUploadSize`` (200 MB by default) bounds what reaches :func:`load_upload`.
 
 The bundled synthetic examples are in :mod:`medkd.io.examples`.
+
+Example:
+    >>> limits = upload_limits(max_voxels=10**6)
+    >>> limits.max_voxels, limits.max_zip_members
+    (1000000, 20000)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import io
 import logging
+import math
+import os
 import re
 import shutil
 import struct
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medkd.errors import DataError
+from medkd.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -48,29 +82,157 @@ if TYPE_CHECKING:
     from medkd.io.dicom_volume import DicomVolume, SeriesError
 
 __all__ = [
+    "ENV_PREFIX",
+    "MAX_DECODE_BYTES",
+    "MAX_DICOM_READS",
+    "MAX_VOXELS",
     "MAX_ZIP_BYTES",
     "MAX_ZIP_MEMBERS",
-    "MAX_VOLUME_BYTES",
     "LoadedImage",
-    "sniff",
+    "UploadLimits",
     "load_upload",
     "loaded_from_dicom",
+    "sniff",
     "spacing_zyx",
+    "upload_limits",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: largest total uncompressed size of a zip upload
-MAX_ZIP_BYTES = 2 * 1024**3
-#: most files a zip upload may hold
+#: most bytes one upload may unpack to (zip members extracted, Deflated DICOM inflated), counted as they come
+MAX_ZIP_BYTES = 1024**3
+#: most entries (files and folders) one zip archive may hold
 MAX_ZIP_MEMBERS = 20_000
-#: largest voxel data a NIfTI header may announce (guards against gzip bombs)
-MAX_VOLUME_BYTES = 2 * 1024**3
+#: most voxels (pixels) one NIfTI volume, image or DICOM series may decode to
+MAX_VOXELS = 2**28
+#: most memory decoding one volume or image may take: shape x (2 x stored bytes per voxel + 4 for float32)
+MAX_DECODE_BYTES = 3 * 1024**3
+#: most pydicom reads of the DICOM headers of one upload (about two per data element)
+MAX_DICOM_READS = 1_000_000
+#: environment variables ``MEDKD_UPLOAD_MAX_...`` override the constants above
+ENV_PREFIX = "MEDKD_UPLOAD_"
 _HEAD = 544  # enough for a NIfTI-2 header (540) and the DICOM preamble (132)
 _CHUNK = 1 << 20
+_EOCD_SEARCH = 22 + 65535  # the zip end record and the longest comment
+_DIR_BYTES_PER_MEMBER = 1024  # a zip file list longer than this per allowed entry is refused before it is parsed
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _KIND_WORDS = {"dicom": "DICOM", "nifti": "NIfTI", "image": "PNG/JPEG"}
 _NOT_SUPPORTED = "not a DICOM, NIfTI, PNG or JPEG file"
+
+
+# --------------------------------------------------------------------------------------------- limits
+@dataclass(frozen=True, kw_only=True)
+class UploadLimits:
+    """The budgets of one upload (see the module docstring); build one with :func:`upload_limits`.
+
+    Attributes:
+        max_zip_bytes: bytes unpacked (zip members extracted, Deflated DICOM inflated), counted as they come.
+        max_zip_members: entries (files and folders) of one zip archive.
+        max_voxels: voxels (pixels) of one NIfTI volume, image or DICOM series.
+        max_decode_bytes: memory to decode one volume or image, estimated from its header.
+        max_dicom_reads: pydicom reads of all DICOM headers of the upload.
+    """
+
+    max_zip_bytes: int = MAX_ZIP_BYTES
+    max_zip_members: int = MAX_ZIP_MEMBERS
+    max_voxels: int = MAX_VOXELS
+    max_decode_bytes: int = MAX_DECODE_BYTES
+    max_dicom_reads: int = MAX_DICOM_READS
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"upload limit {f.name}={value!r}: expected a positive whole number")
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def upload_limits(**overrides: int | None) -> UploadLimits:
+    """The upload budgets: the module constants (as they are now), then ``MEDKD_UPLOAD_<NAME>`` environment
+    variables, then ``overrides`` that are not ``None``.
+
+    Args:
+        overrides: ``max_zip_bytes``, ``max_zip_members``, ``max_voxels``, ``max_decode_bytes``, ``max_dicom_reads``.
+
+    Raises:
+        ConfigError: an environment variable or override that is not a positive whole number (naming it).
+        TypeError: an unknown name.
+
+    Example:
+        >>> upload_limits(max_zip_bytes=1024).max_zip_bytes
+        1024
+    """
+    names = [f.name for f in dataclasses.fields(UploadLimits)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"unknown upload limit(s) {unknown}; expected {names}")
+    values: dict[str, int] = {}
+    for f in dataclasses.fields(UploadLimits):
+        values[f.name] = globals()[f.name.upper()]
+        text = os.environ.get(_env_name(f.name), "").strip()
+        if text:
+            try:
+                values[f.name] = int(text.replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"${_env_name(f.name)}={text!r}: expected a positive whole number") from None
+            if values[f.name] <= 0:
+                raise ConfigError(f"${_env_name(f.name)}={text!r}: expected a positive whole number")
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    return UploadLimits(**values)
+
+
+def _size(n: float) -> str:
+    """``1 GiB``, ``3.5 MiB``, ``100 bytes``."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _limit(name: str, shown: str) -> str:
+    return f"the upload limit is {shown} (${_env_name(name)})"
+
+
+class _OutOfReads(Exception):
+    """The upload's DICOM header reads are spent."""
+
+
+class _ReadsAll(Exception):
+    """pydicom asked for the rest of the file: the Deflated transfer syntax, which it inflates in one go."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+class _CountsReads:
+    """Mixin for binary files: each ``read`` spends one of the upload's ``reads_left``; ``read()`` of everything
+    (how pydicom inflates a Deflated dataset) is refused with :class:`_ReadsAll`."""
+
+    upload: _Upload
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise _ReadsAll(self.tell())  # type: ignore[attr-defined]
+        self.upload.reads_left -= 1
+        if self.upload.reads_left < 0:
+            raise _OutOfReads
+        return super().read(size)  # type: ignore[misc]
+
+
+class _CountedFile(_CountsReads, io.BufferedReader):
+    def __init__(self, path: Path, upload: _Upload) -> None:
+        super().__init__(io.FileIO(path))
+        self.upload = upload
+
+
+class _CountedBytes(_CountsReads, io.BytesIO):
+    def __init__(self, data: bytes, upload: _Upload) -> None:
+        super().__init__(data)
+        self.upload = upload
 
 
 @dataclass
@@ -135,59 +297,80 @@ class LoadedImage:
 @dataclass
 class _Staged:
     path: Path
-    name: str  # the user's name for it (basename), for messages
+    name: str  # the user's name for it (basename, or its name inside the zip), for messages
     kind: str = ""  # dicom | nifti | nifti.gz | image | zip | empty | unknown
     detail: str = ""  # why it is unknown
 
 
-def _nifti_header(head: bytes) -> tuple[str, str] | None:
-    """``(kind, detail)`` if ``head`` starts a NIfTI-1/-2 header: ``("nifti", "")`` for a single file, ``("unknown",
-    why)`` for a header-only ``ni1``/``ni2`` file or one announcing more than :data:`MAX_VOLUME_BYTES`."""
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(f"{endian}i", head[:4])[0] == 348 and head[344:347] in (b"n+1", b"ni1"):
-            single, dims = head[345:346] == b"+", struct.unpack(f"{endian}8h", head[40:56])
-            bitpix = struct.unpack(f"{endian}h", head[72:74])[0]
-        elif len(head) >= 540 and struct.unpack(f"{endian}i", head[:4])[0] == 540 and head[4:7] in (b"n+2", b"ni2"):
-            single, dims = head[5:6] == b"+", struct.unpack(f"{endian}8q", head[16:80])
-            bitpix = struct.unpack(f"{endian}h", head[14:16])[0]
+#: bytes per voxel of the NIfTI datatype codes (uint8 ... RGBA32)
+_NIFTI_ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                   1536: 16, 1792: 16, 2048: 32, 2304: 4}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _NiftiLayout:
+    """What a NIfTI-1/-2 header says about its voxels (nothing decoded)."""
+
+    single: bool  # image in the same file (``n+1``/``n+2``), not a ``.hdr`` of a ``.img``
+    shape: tuple[int, ...]  # dim[1] ... dim[dim[0]], as stored (x, y, z, t, ...)
+    itemsize: int  # stored bytes per voxel
+    decoded_itemsize: int  # bytes per voxel once read (scl_slope/scl_inter make integers float)
+    offset: int  # vox_offset: where the voxels start
+
+
+def _nifti_layout(head: bytes) -> _NiftiLayout | None:
+    """The layout of a NIfTI-1/-2 header at the start of ``head``, or ``None``."""
+    for e in "<>":
+        if len(head) >= 348 and struct.unpack(f"{e}i", head[:4])[0] == 348 and head[344:347] in (b"n+1", b"ni1"):
+            single, dims = head[345:346] == b"+", struct.unpack(f"{e}8h", head[40:56])
+            datatype, bitpix = struct.unpack(f"{e}hh", head[70:74])
+            offset, slope, inter = struct.unpack(f"{e}3f", head[108:120])
+            default_offset = 352
+        elif len(head) >= 540 and struct.unpack(f"{e}i", head[:4])[0] == 540 and head[4:7] in (b"n+2", b"ni2"):
+            single, dims = head[5:6] == b"+", struct.unpack(f"{e}8q", head[16:80])
+            datatype, bitpix = struct.unpack(f"{e}hh", head[12:16])
+            (offset,), (slope, inter) = struct.unpack(f"{e}q", head[168:176]), struct.unpack(f"{e}2d", head[176:192])
+            default_offset = 544
         else:
             continue
-        if not single:
-            return "unknown", "a NIfTI header (.hdr) without its image; upload the single-file .nii or .nii.gz"
         n_dims = min(max(int(dims[0]), 0), 7)
-        n_bytes = float(np.prod([max(int(d), 1) for d in dims[1 : n_dims + 1]], dtype=np.float64)) * max(bitpix, 8) / 8
-        if n_bytes > MAX_VOLUME_BYTES:
-            return "unknown", f"the NIfTI image is too large ({n_bytes / 1024**3:.1f} GB of voxels)"
-        return "nifti", ""
+        shape = tuple(max(int(d), 1) for d in dims[1 : n_dims + 1]) or (1,)
+        itemsize = max(_NIFTI_ITEMSIZE.get(int(datatype), 1), int(bitpix) // 8, 1)
+        rescaled = math.isfinite(slope) and math.isfinite(inter) and (slope not in (0.0, 1.0) or inter != 0.0)
+        offset = int(offset) if math.isfinite(offset) and offset >= default_offset else default_offset
+        return _NiftiLayout(single, shape, itemsize, max(itemsize, 4) if rescaled else itemsize, offset)
     return None
 
 
-def _is_dicom(path: Path, head: bytes) -> bool:
-    """DICOM Part 10 (``DICM`` at 128), or a raw dataset that pydicom parses with ``force`` into a SOPClassUID."""
-    if head[128:132] == b"DICM":
-        return True
-    import pydicom
+#: explicit VRs with a 2-byte reserved field and a 4-byte length
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})  # fmt: skip
+_UNDEFINED = 0xFFFFFFFF
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-        return bool(ds.get("SOPClassUID"))
-    except Exception:  # noqa: BLE001 - anything pydicom chokes on is not DICOM
+
+def _starts_like_raw_dicom(head: bytes, size: int) -> bool:
+    """Whether ``head`` starts with a plausible little-endian DICOM element of group 0002 (file meta) or 0008
+    (identification): pydicom's raw datasets without preamble (``rtstruct.dcm``) do, text and noise do not."""
+    if len(head) < 12:
         return False
+    group = struct.unpack("<H", head[:2])[0]
+    if group not in (0x0002, 0x0008):
+        return False
+    vr = head[4:6]
+    if vr in _LONG_VRS:  # explicit VR, 4-byte length
+        length, header = struct.unpack("<L", head[8:12])[0], 12
+        if head[6:8] != b"\0\0":
+            return False
+    elif vr in _SHORT_VRS:  # explicit VR, 2-byte length
+        length, header = struct.unpack("<H", head[6:8])[0], 8
+    else:  # implicit VR
+        length, header = struct.unpack("<L", head[4:8])[0], 8
+    return length == _UNDEFINED or header + length <= size
 
 
-def sniff(path: str | Path) -> tuple[str, str]:
-    """What a file holds, from its content (never its name).
-
-    Args:
-        path: the file.
-
-    Returns:
-        ``(kind, detail)``: kind ``"dicom"``, ``"nifti"``, ``"nifti.gz"``, ``"image"`` (PNG/JPEG), ``"zip"``,
-        ``"empty"`` or ``"unknown"``; detail says why an unknown file cannot be used.
-    """
-    path = Path(path)
+def _sniff(path: Path, upload: _Upload) -> tuple[str, str]:
+    """:func:`sniff`; parsing a raw dataset may raise :class:`_OutOfReads` or :class:`_TooBig` (the upload's limits)."""
     with path.open("rb") as f:
         head = f.read(_HEAD)
     if not head:
@@ -200,20 +383,134 @@ def sniff(path: str | Path) -> tuple[str, str]:
         try:
             with gzip.open(path, "rb") as f:
                 inner = f.read(_HEAD)
-        except (OSError, EOFError, ValueError):
+        except (OSError, EOFError, ValueError, zlib.error):
             return "unknown", "a damaged gzip file"
-        found = _nifti_header(inner)
-        if found is None:
+        layout = _nifti_layout(inner)
+        if layout is None:
             return "unknown", "a gzip file that holds no NIfTI image"
-        return ("nifti.gz", "") if found[0] == "nifti" else found
-    found = _nifti_header(head)
-    if found is not None:
-        return found
+        return ("nifti.gz", "") if layout.single else ("unknown", _HEADER_ONLY)
+    layout = _nifti_layout(head)
+    if layout is not None:
+        return ("nifti", "") if layout.single else ("unknown", _HEADER_ONLY)
     if head.startswith(b"PK") and zipfile.is_zipfile(path):
         return "zip", ""
-    if _is_dicom(path, head):
-        return "dicom", ""
+    if _starts_like_raw_dicom(head, path.stat().st_size):
+        try:  # a raw dataset: a header that parses (within the budget) with a SOPClassUID
+            if _read_header(path, upload).get("SOPClassUID"):
+                return "dicom", ""
+        except (_OutOfReads, _TooBig):
+            raise
+        except Exception as err:  # noqa: BLE001 - anything pydicom chokes on is not DICOM
+            logger.debug("raw DICOM candidate does not parse: %s", type(err).__name__)
     return "unknown", _NOT_SUPPORTED
+
+
+_HEADER_ONLY = "a NIfTI header (.hdr) without its image; upload the single-file .nii or .nii.gz"
+
+
+def sniff(path: str | Path, limits: UploadLimits | None = None) -> tuple[str, str]:
+    """What a file holds, from its content (never its name); only files that start like DICOM reach pydicom.
+
+    Args:
+        path: the file.
+        limits: the budgets (:attr:`UploadLimits.max_dicom_reads` bounds parsing a raw DICOM dataset); default
+            :func:`upload_limits`.
+
+    Returns:
+        ``(kind, detail)``: kind ``"dicom"``, ``"nifti"``, ``"nifti.gz"``, ``"image"`` (PNG/JPEG), ``"zip"``,
+        ``"empty"`` or ``"unknown"``; detail says why an unknown file cannot be used.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "IM1"
+        >>> _ = path.write_bytes(bytes(128) + b"DICM" + bytes(64))
+        >>> sniff(path)
+        ('dicom', '')
+    """
+    path = Path(path)
+    upload = _Upload(path.parent, limits or upload_limits())
+    try:
+        return _sniff(path, upload)
+    except (_OutOfReads, _TooBig) as err:
+        return "unknown", _over_limit(err, upload)
+
+
+# --------------------------------------------------------------------------------------------- DICOM headers
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+class _TooBig(Exception):
+    """A Deflated DICOM dataset inflates beyond what is left of :attr:`UploadLimits.max_zip_bytes`."""
+
+
+def _inflated(path: Path, offset: int, limit: int) -> bytes:
+    """The Deflated transfer syntax's dataset after ``offset``, inflated a chunk at a time (a deflate bomb stops at
+    ``limit`` bytes with :class:`_TooBig`, where pydicom would inflate all of it into memory)."""
+    inflater, out, total = zlib.decompressobj(-zlib.MAX_WBITS), [], 0
+    with path.open("rb") as f:
+        f.seek(offset)
+        while chunk := f.read(_CHUNK):
+            while chunk:
+                piece = inflater.decompress(chunk, _CHUNK)
+                total += len(piece)
+                if total > limit:
+                    raise _TooBig
+                out.append(piece)
+                chunk = inflater.unconsumed_tail
+    return b"".join(out)
+
+
+def _read_header(path: Path, upload: _Upload) -> Any:
+    """pydicom's header of ``path`` (read with ``force``, without pixel data), every read spent from the upload's
+    read budget; a Deflated dataset is inflated by :func:`_inflated`, its bytes counted as unpacked, instead of by
+    pydicom's unbounded ``zlib``.
+
+    Raises:
+        _OutOfReads: the read budget ran out; _TooBig: the unpacked-bytes budget ran out; pydicom's errors.
+    """
+    import pydicom
+    from pydicom.filereader import read_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's warnings may quote header values
+        try:
+            with _CountedFile(path, upload) as fp:
+                return pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        except _ReadsAll as deflated:
+            data = _inflated(path, deflated.offset, upload.limits.max_zip_bytes - upload.unpacked)
+            upload.unpacked += len(data)
+            return read_dataset(_CountedBytes(data, upload), False, True,
+                                stop_when=lambda tag, vr, length: int(tag) in _PIXEL_TAGS)  # fmt: skip
+
+
+def _over_limit(err: Exception, upload: _Upload) -> str:
+    """The message of a spent budget (:class:`_OutOfReads` or :class:`_TooBig`)."""
+    limits = upload.limits
+    if isinstance(err, _TooBig):
+        shown = _size(limits.max_zip_bytes)
+        return f"the compressed (Deflated) DICOM file unpacks to more than {shown}; {_limit('max_zip_bytes', shown)}"
+    shown = f"{limits.max_dicom_reads:,} reads"
+    return (f"the DICOM headers are too long to read (more than {shown}: a file of millions of tiny elements?); "
+            f"{_limit('max_dicom_reads', shown)}")  # fmt: skip
+
+
+def _check_dicom_headers(items: Sequence[_Staged], upload: _Upload) -> dict[Path, str]:
+    """Parse every DICOM file's header once within the upload's budgets, before the scan parses them again; raises
+    a :class:`DataError` naming the file where a budget ran out (other parse errors are left to the scan).
+
+    Returns:
+        Each file's ``Modality`` (``""`` if unknown or unreadable).
+    """
+    modalities: dict[Path, str] = {}
+    for item in items:
+        try:
+            modalities[item.path] = str(_read_header(item.path, upload).get("Modality", "") or "")
+        except (_OutOfReads, _TooBig) as err:
+            raise DataError(item.name, _over_limit(err, upload)) from None
+        except Exception as err:  # noqa: BLE001 - the scan reports unreadable files
+            logger.debug("DICOM header check: %s", type(err).__name__)
+    return modalities
 
 
 # --------------------------------------------------------------------------------------------- staging
@@ -224,13 +521,36 @@ def _safe_name(name: str) -> str:
     return base or "file"
 
 
-def _unique(folder: Path, name: str) -> Path:
-    path, k = folder / name, 1
-    while path.exists():
-        k += 1
-        stem, dot, ext = name.partition(".")
-        path = folder / f"{stem}_{k}{dot}{ext}"
-    return path
+@dataclass
+class _Upload:
+    """One upload being staged: its folder, budgets, the names given out and what each path is called."""
+
+    folder: Path
+    limits: UploadLimits
+    reads_left: int = field(init=False)  # of limits.max_dicom_reads
+    unpacked: int = 0  # bytes extracted from zips and inflated from Deflated DICOM, against limits.max_zip_bytes
+    taken: set[str] = field(default_factory=set)  # casefolded paths given out
+    counters: dict[str, int] = field(default_factory=dict)  # last suffix used per wanted path
+    shown: dict[str, str] = field(default_factory=dict)  # path on disk -> the user's name for it
+
+    def __post_init__(self) -> None:
+        self.reads_left = self.limits.max_dicom_reads
+
+    def fresh(self, folder: Path, name: str) -> Path:
+        """A path in ``folder`` for ``name`` not given out before (``a.dcm``, ``a_2.dcm``, ...), in constant time
+        per call however many files share the name (every folder is new, so only names given out here exist)."""
+        wanted = folder / name
+        path, key = wanted, str(wanted).casefold()
+        if key in self.taken:
+            stem, dot, ext = name.partition(".")
+            k = self.counters.get(key, 1)
+            while str(path).casefold() in self.taken:
+                k += 1
+                path = folder / f"{stem}_{k}{dot}{ext}"
+            self.counters[key] = k
+        self.taken.add(str(path).casefold())
+        self.shown[str(path)] = name
+        return path
 
 
 def _member_parts(member: str, archive: str) -> list[str] | None:
@@ -244,18 +564,49 @@ def _member_parts(member: str, archive: str) -> list[str] | None:
     return [_safe_name(p) for p in parts]
 
 
-def _extract_zip(archive: _Staged, dest: Path) -> list[_Staged]:
-    """Extract ``archive`` into ``dest`` with size and path checks; returns the extracted files."""
-    out: list[_Staged] = []
+def _too_many(archive: str, count: int, limits: UploadLimits) -> DataError:
+    return DataError(archive, f"the zip archive holds {count:,} files and folders; "
+                              f"{_limit('max_zip_members', f'{limits.max_zip_members:,}')}")  # fmt: skip
+
+
+def _check_directory(archive: _Staged, limits: UploadLimits) -> None:
+    """Refuse a zip whose end record announces more entries than allowed, or a file list too long for that many,
+    before :mod:`zipfile` parses it (it builds an object per entry: millions cost seconds and gigabytes)."""
+    size = archive.path.stat().st_size
+    with archive.path.open("rb") as f:
+        f.seek(max(0, size - _EOCD_SEARCH))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return  # zipfile says what is wrong
+    count, listed = struct.unpack_from("<HL", tail, at + 10)
+    z64 = at - 20 - 56  # the zip64 end record, before its locator
+    if (count == 0xFFFF or listed == 0xFFFFFFFF) and z64 >= 0 and tail[z64 : z64 + 4] == b"PK\x06\x06":
+        count, listed = struct.unpack_from("<QQ", tail, z64 + 32)
+    if count > limits.max_zip_members:
+        raise _too_many(archive.name, count, limits)
+    if listed > limits.max_zip_members * _DIR_BYTES_PER_MEMBER + _EOCD_SEARCH:
+        raise DataError(archive.name, f"the zip archive's file list ({_size(listed)}) is too long for "
+                                      f"{limits.max_zip_members:,} files and folders; "
+                                      f"{_limit('max_zip_members', f'{limits.max_zip_members:,}')}")  # fmt: skip
+
+
+def _extract_zip(archive: _Staged, dest: Path, upload: _Upload) -> list[_Staged]:
+    """Extract ``archive`` into ``dest`` with path checks, counting the bytes as they are written (``unpacked``,
+    shared by the upload's archives); returns the extracted files."""
+    limits, out = upload.limits, []
+    too_big = DataError(archive.name, f"the zip archive unpacks to more than {_size(limits.max_zip_bytes)}; "
+                                      f"{_limit('max_zip_bytes', _size(limits.max_zip_bytes))}")  # fmt: skip
+    _check_directory(archive, limits)
     try:
         with zipfile.ZipFile(archive.path) as zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
-            if len(infos) > MAX_ZIP_MEMBERS:
-                raise DataError(archive.name, f"the zip archive holds {len(infos)} files; at most {MAX_ZIP_MEMBERS}")
-            if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
-                raise DataError(archive.name, f"the zip archive unpacks to more than {MAX_ZIP_BYTES / 1024**3:.0f} GB")
-            total = 0
-            for info in infos:
+            infos = zf.infolist()
+            if len(infos) > limits.max_zip_members:
+                raise _too_many(archive.name, len(infos), limits)
+            files = [info for info in infos if not info.is_dir()]
+            if upload.unpacked + sum(info.file_size for info in files) > limits.max_zip_bytes:
+                raise too_big  # declared sizes refuse an honest bomb at once; they are not trusted otherwise
+            for info in files:
                 parts = _member_parts(info.filename, archive.name)
                 if parts is None:
                     continue
@@ -263,47 +614,52 @@ def _extract_zip(archive: _Staged, dest: Path) -> list[_Staged]:
                     raise DataError(archive.name, "the zip archive is password-protected; upload it unencrypted")
                 folder = dest.joinpath(*parts[:-1])
                 folder.mkdir(parents=True, exist_ok=True)
-                target = _unique(folder, parts[-1])
-                with zf.open(info) as src, target.open("wb") as dst:
+                target = upload.fresh(folder, parts[-1])
+                with zf.open(info) as src, target.open("xb") as dst:
                     while chunk := src.read(_CHUNK):
-                        total += len(chunk)
-                        if total > MAX_ZIP_BYTES:
-                            raise DataError(
-                                archive.name, f"the zip archive unpacks to more than {MAX_ZIP_BYTES / 1024**3:.0f} GB"
-                            )
+                        upload.unpacked += len(chunk)
+                        if upload.unpacked > limits.max_zip_bytes:
+                            raise too_big
                         dst.write(chunk)
                 out.append(_Staged(target, parts[-1]))
     except DataError:
         raise
     except NotImplementedError:
         raise DataError(archive.name, "the zip archive uses a compression method that cannot be read") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error) as err:
         raise DataError(archive.name, f"the zip archive is damaged ({type(err).__name__})") from None
     return out
 
 
-def _stage(files: Sequence[tuple[str, bytes]], folder: Path) -> list[_Staged]:
-    """Write the uploads under ``folder``, sniff them and unpack zips (one level); returns every file, sniffed."""
-    direct = folder / "files"
+def _stage(files: Sequence[tuple[str, bytes]], upload: _Upload) -> list[_Staged]:
+    """Write the uploads under the upload's folder, sniff them and unpack zips (one level); returns every file."""
+    direct = upload.folder / "files"
     direct.mkdir()
     staged: list[_Staged] = []
     for name, data in files:
-        item = _Staged(_unique(direct, _safe_name(name)), _safe_name(name))
+        item = _Staged(upload.fresh(direct, _safe_name(name)), _safe_name(name))
         item.path.write_bytes(bytes(data))
-        item.kind, item.detail = sniff(item.path)
+        item.kind, item.detail = _sniffed(item, upload)
         if item.kind != "zip":
             staged.append(item)
             continue
-        members = _extract_zip(item, _unique(folder, f"zip_{item.path.name}"))
+        members = _extract_zip(item, upload.fresh(upload.folder, f"zip_{item.path.name}"), upload)
         item.path.unlink()
         if not members:
             staged.append(_Staged(item.path, item.name, "unknown", "the zip archive holds no files"))
         for member in members:
-            member.kind, member.detail = sniff(member.path)
+            member.kind, member.detail = _sniffed(member, upload)
             if member.kind == "zip":
                 member.kind, member.detail = "unknown", "a zip inside the zip archive (not opened)"
             staged.append(member)
     return staged
+
+
+def _sniffed(item: _Staged, upload: _Upload) -> tuple[str, str]:
+    try:
+        return _sniff(item.path, upload)
+    except (_OutOfReads, _TooBig) as err:
+        raise DataError(item.name, _over_limit(err, upload)) from None
 
 
 def _summary(files: Sequence[tuple[str, bytes]]) -> str:
@@ -313,6 +669,22 @@ def _summary(files: Sequence[tuple[str, bytes]]) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _scrubbed(err: DataError, upload: _Upload, roots: Sequence[Path]) -> DataError:
+    """``err`` with every server path (the upload's files, ``roots`` and below) replaced by the file's name."""
+
+    def clean(text: str) -> str:
+        for path in sorted(upload.shown, key=len, reverse=True):
+            if path in text:
+                text = text.replace(path, upload.shown[path])
+        prefixes = {str(p) for root in roots for p in (root, root.resolve()) if p.is_absolute() and len(str(p)) > 1}
+        if prefixes:
+            pattern = "|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True))
+            text = re.sub(rf"(?:{pattern})[^\s'\"()\[\],;]*", lambda m: m.group().rstrip("/").rsplit("/", 1)[-1], text)
+        return text
+
+    return DataError(clean(err.path), clean(err.problem))
 
 
 # --------------------------------------------------------------------------------------------- DICOM
@@ -348,21 +720,8 @@ def _series_error(err: SeriesError, files: Sequence[Path], names: dict[Path, str
     return DataError(where, template.format(detail=detail.rstrip(". ")))
 
 
-def _modalities(paths: Sequence[Path]) -> list[str]:
-    import pydicom
-
-    found: set[str] = set()
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["Modality"])
-            found.add(str(ds.get("Modality", "") or "?"))
-        except Exception:  # noqa: BLE001 - only for the message
-            found.add("?")
-    return sorted(found)
-
-
-def _no_series_error(entries: Sequence[FileEntry], upload: str) -> DataError:
-    """Why no file of a DICOM upload is an image slice, grouped by reason."""
+def _no_series_error(entries: Sequence[FileEntry], upload: str, modalities: dict[Path, str]) -> DataError:
+    """Why no file of a DICOM upload is an image slice, grouped by reason (``modalities``: each file's)."""
     from medkd.io.dicom_scan import Reason
 
     by_reason: dict[Reason, list[Path]] = {}
@@ -372,7 +731,7 @@ def _no_series_error(entries: Sequence[FileEntry], upload: str) -> DataError:
     for reason, paths in by_reason.items():
         count = _plural(len(paths), "file")
         if reason == Reason.NON_IMAGE:
-            mods = "/".join(_modalities(paths))
+            mods = "/".join(sorted({modalities.get(path) or "?" for path in paths}))
             parts.append(
                 f"{count} {'is' if len(paths) == 1 else 'are'} {mods} (non-image: reports, "
                 "segmentations, RT or presentation objects)"
@@ -398,30 +757,68 @@ def loaded_from_dicom(vol: DicomVolume, name: str, note: str, folder: Path | Non
     )
 
 
-def _load_dicom(items: Sequence[_Staged], upload: str, notes: list[str], folder: Path | None) -> LoadedImage:
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _check_decode(name: str, what: str, shape: Sequence[int], itemsize: int, limits: UploadLimits) -> None:
+    """Refuse, before decoding, an array of ``shape`` whose voxels or decoding memory exceed the limits: the
+    decoded array, a copy of it, and the float32 volume the app keeps (``2 x itemsize + 4`` bytes per voxel)."""
+    voxels, dims = math.prod(shape), " × ".join(str(s) for s in shape)
+    unit = "pixels" if what == "image" else "voxels"
+    if voxels > limits.max_voxels:
+        raise DataError(name, f"the {what} has {voxels:,} {unit} ({dims}), too many to decode; "
+                              f"{_limit('max_voxels', f'{limits.max_voxels:,} {unit}')}")  # fmt: skip
+    need = voxels * (2 * itemsize + 4)
+    if need > limits.max_decode_bytes:
+        each = _plural(itemsize, "byte")
+        raise DataError(name, f"the {what} ({dims} = {voxels:,} {unit} of {each}) needs about {_size(need)} of "
+                              f"memory to decode; {_limit('max_decode_bytes', _size(limits.max_decode_bytes))}")  # fmt: skip
+
+
+def _load_dicom(items: Sequence[_Staged], name: str, notes: list[str], upload: _Upload) -> LoadedImage:
     from medkd.io.dicom_scan import group_series, scan_file
     from medkd.io.dicom_volume import SeriesError, load_series_volume
 
+    modalities = _check_dicom_headers(items, upload)
     results = [scan_file(item.path) for item in items]
     series = group_series(results)
     if not series:
-        raise _no_series_error([entry for entry, _ in results], upload)
+        raise _no_series_error([entry for entry, _ in results], name, modalities)
     chosen = max(series, key=lambda s: s.n_files)  # first of the largest (series are sorted by UID)
     if len(series) > 1:
         sizes = ", ".join(f"{s.modality or '?'} {_plural(s.n_files, 'file')}" for s in series)
         notes.append(f"the upload holds {len(series)} image series ({sizes}); showing the largest")
         logger.info("upload holds %d image series; using the largest (%d files)", len(series), chosen.n_files)
+    names = {item.path: item.name for item in items}
+    truncated = list(getattr(chosen, "truncated", []))
+    if truncated:  # a slice without its pixels: never a volume with a slice fewer
+        raise DataError(names.get(truncated[0], truncated[0].name), _SERIES_PROBLEMS["truncated"])
     n_other = len(items) - chosen.n_files
     if len(series) == 1 and n_other:
         notes.append(f"{_plural(n_other, 'DICOM file')} without image pixels ignored")
-    names = {item.path: item.name for item in items}
+    headers = {entry.path: ds for entry, ds in results if ds is not None}
+    slices = [headers[path] for path in chosen.files if path in headers]
+    shapes = {
+        (_int(ds.get("Rows"), 1), _int(ds.get("Columns"), 1) * _int(ds.get("SamplesPerPixel"), 1)) for ds in slices
+    }
+    itemsize = max([(_int(ds.get("BitsAllocated"), 16) + 7) // 8 for ds in slices] or [2])
+    if len(shapes) == 1:  # slices x rows x columns (x samples); else the total
+        _check_decode(name, "DICOM series", (len(slices), *shapes.pop()), itemsize, upload.limits)
+    elif shapes:
+        total = sum(_int(ds.get("Rows"), 1) * _int(ds.get("Columns"), 1) * _int(ds.get("SamplesPerPixel"), 1)
+                    for ds in slices)  # fmt: skip
+        _check_decode(name, "DICOM series", (total,), itemsize, upload.limits)
     try:
         vol = load_series_volume(chosen.files)
     except SeriesError as err:
-        raise _series_error(err, chosen.files, names, upload) from None
+        raise _series_error(err, chosen.files, names, name) from None
     except Exception as err:  # noqa: BLE001 - never show a traceback to the user
-        raise DataError(upload, f"the DICOM series cannot be read ({type(err).__name__})") from None
-    return loaded_from_dicom(vol, upload, "; ".join(notes), folder)
+        raise DataError(name, f"the DICOM series cannot be read ({type(err).__name__})") from None
+    return loaded_from_dicom(vol, name, "; ".join(notes), upload.folder)
 
 
 # --------------------------------------------------------------------------------------------- NIfTI and images
@@ -431,13 +828,30 @@ def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
     return tuple(([1.0] * (3 - len(spacing)) + spacing)[-3:])  # type: ignore[return-value]
 
 
-def _load_nifti(item: _Staged, upload: str, notes: list[str], folder: Path | None) -> LoadedImage:
+def _load_nifti(item: _Staged, name: str, notes: list[str], upload: _Upload) -> LoadedImage:
     from medkd.io.volume_io import read_volume
 
-    suffix = ".nii.gz" if item.kind == "nifti.gz" else ".nii"
+    compressed = item.kind == "nifti.gz"
+    with gzip.open(item.path, "rb") if compressed else item.path.open("rb") as f:
+        layout = _nifti_layout(f.read(_HEAD))
+    if layout is None:  # sniffed as NIfTI a moment ago
+        raise DataError(item.name, "the NIfTI header cannot be read")
+    if any(size > 1 for size in layout.shape[3:]):
+        raise DataError(item.name, f"the NIfTI image has {len(layout.shape)} dimensions "
+                                   f"({' × '.join(map(str, layout.shape))}); upload a 2D or 3D volume")  # fmt: skip
+    _check_decode(item.name, "NIfTI image", layout.shape[:3], layout.decoded_itemsize, upload.limits)
+    needed = layout.offset + math.prod(layout.shape) * layout.itemsize
+    if not compressed and item.path.stat().st_size < needed:
+        raise DataError(
+            item.name,
+            f"the NIfTI file is shorter than its header says ({_size(item.path.stat().st_size)}"
+            f" of {_size(needed)}): an incomplete copy or transfer? export it again",
+        )
+    suffix = ".nii.gz" if compressed else ".nii"
     target = item.path if item.path.name.lower().endswith(suffix) else item.path.with_name(item.path.name + suffix)
     if target != item.path:
         item.path.rename(target)
+        upload.shown[str(target)] = item.name
     try:
         vol = read_volume(target)
     except DataError as err:
@@ -445,37 +859,53 @@ def _load_nifti(item: _Staged, upload: str, notes: list[str], folder: Path | Non
     except Exception as err:  # noqa: BLE001
         raise DataError(item.name, f"the NIfTI file cannot be read ({type(err).__name__})") from None
     return LoadedImage(
-        vol.array, spacing_zyx(vol.image), "nifti", upload, "", vol.image, note="; ".join(notes), folder=folder
+        vol.array, spacing_zyx(vol.image), "nifti", name, "", vol.image, note="; ".join(notes), folder=upload.folder
     )
 
 
-def _load_picture(item: _Staged, upload: str, notes: list[str], folder: Path | None) -> LoadedImage:
+def _band_bytes(mode: str) -> int:
+    return 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
+
+
+def _load_picture(item: _Staged, name: str, notes: list[str], upload: _Upload) -> LoadedImage:
     import SimpleITK as sitk
     from PIL import Image, ImageOps
 
+    bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     try:
-        with Image.open(item.path) as picture:
-            picture = ImageOps.exif_transpose(picture)  # phone photos carry their rotation in EXIF
-            if picture.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-                picture = picture.convert("L")  # ITU-R 601 luma for RGB(A), palette, CMYK, ...
-            array = np.asarray(picture, dtype=np.float32)
-    except Exception as err:  # noqa: BLE001 - truncated files, decompression bombs, ...
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limits below decide
+            with Image.open(item.path) as picture:
+                width, height = picture.size  # from the header: nothing decoded yet
+                itemsize = len(picture.getbands()) * _band_bytes(picture.mode)
+                _check_decode(item.name, "image", (width, height), itemsize, upload.limits)
+                picture = ImageOps.exif_transpose(picture)  # phone photos carry their rotation in EXIF
+                if picture.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+                    picture = picture.convert("L")  # ITU-R 601 luma for RGB(A), palette, CMYK, ...
+                array = np.asarray(picture, dtype=np.float32)
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        shown = f"{min(upload.limits.max_voxels, bomb):,} pixels"
+        raise DataError(item.name, f"the image declares more than {bomb:,} pixels (a decompression bomb?); "
+                                   f"{_limit('max_voxels', shown)}") from None  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - truncated files, unknown modes, ...
         raise DataError(item.name, f"the image cannot be decoded ({type(err).__name__})") from None
     if array.ndim != 2 or array.size == 0:
         raise DataError(item.name, f"the image has an unexpected shape {array.shape}")
     return LoadedImage(
-        array[None].copy(),
+        array[None],
         (1.0, 1.0, 1.0),
         "image",
-        upload,
+        name,
         "",
         sitk.GetImageFromArray(array),
         note="; ".join(notes),
-        folder=folder,
+        folder=upload.folder,
     )
 
 
-_LOADERS: dict[str, Callable[..., LoadedImage]] = {"nifti": _load_nifti, "image": _load_picture}
+_LOADERS: dict[str, Callable[..., LoadedImage]] = {"dicom": _load_dicom, "nifti": _load_nifti, "image": _load_picture}
 
 
 def _group(item: _Staged) -> str:
@@ -508,21 +938,27 @@ def _choose(staged: list[_Staged], upload: str, notes: list[str]) -> tuple[str, 
     return kind, usable
 
 
-def load_upload(files: Sequence[tuple[str, bytes]], workdir: str | Path) -> LoadedImage:
+def load_upload(
+    files: Sequence[tuple[str, bytes]], workdir: str | Path, *, limits: UploadLimits | None = None
+) -> LoadedImage:
     """Decode an upload: one or more DICOM files (or a zip of a series), one NIfTI file, or one PNG/JPEG image.
 
     Args:
         files: ``(file name, content)`` pairs; names are only used in messages.
         workdir: the session's temporary folder; the upload is written to a fresh subfolder of it.
+        limits: the budgets (see the module docstring); default :func:`upload_limits` (constants and
+            ``MEDKD_UPLOAD_*`` environment variables).
 
     Returns:
         The :class:`LoadedImage`; ``note`` tells about ignored files or a choice between several series.
 
     Raises:
         DataError: for an empty upload, files of no supported kind, mixed kinds, several NIfTI/image files, an
-            unsafe or oversized zip, no image series among DICOM files, or a series/file that cannot become a
-            regular volume (truncated pixel data, inconsistent spacing, ...). The message names the file or the
-            upload and holds no patient data.
+            unsafe zip, an upload beyond a limit (zip bytes or entries, voxels, decoding memory, DICOM header
+            reads), no image series among DICOM files, or a series/file that cannot become a regular volume
+            (truncated pixel data, inconsistent spacing, ...). The message names the file (as uploaded, or inside
+            the zip) or the upload, and holds no patient data and no server path.
+        ConfigError: a ``MEDKD_UPLOAD_*`` variable that is not a positive whole number.
 
     Example:
         >>> import tempfile
@@ -532,20 +968,20 @@ def load_upload(files: Sequence[tuple[str, bytes]], workdir: str | Path) -> Load
     """
     if not files:
         raise DataError("upload", "no files were uploaded")
-    workdir = Path(workdir)
+    limits = limits or upload_limits()
+    workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
-    upload = _summary(files)
+    upload = _Upload(Path(tempfile.mkdtemp(prefix="upload-", dir=workdir)), limits)
+    name = _summary(files)
     try:
-        staged = _stage(files, folder)
+        staged = _stage(files, upload)
         notes: list[str] = []
-        kind, usable = _choose(staged, upload, notes)
+        kind, usable = _choose(staged, name, notes)
         logger.info("upload: %d %s file(s) used, %d ignored", len(usable), kind, len(staged) - len(usable))
-        if kind == "dicom":
-            loaded = _load_dicom(usable, upload, notes, folder)
-        else:
-            loaded = _LOADERS[kind](usable[0], upload, notes, folder)
+        return _LOADERS[kind](usable if kind == "dicom" else usable[0], name, notes, upload)
+    except DataError as err:
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        raise _scrubbed(err, upload, [upload.folder, workdir, Path(tempfile.gettempdir())]) from None
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(upload.folder, ignore_errors=True)
         raise
-    return loaded

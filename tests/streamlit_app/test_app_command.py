@@ -18,6 +18,35 @@ def test_app_flags_parse():
     assert (args.port, args.address, args.models, args.headless) == (9000, "0.0.0.0", "m", True)
 
 
+def test_trust_bundle_flag_reaches_the_app_process(monkeypatch):
+    from medkd import api
+    from medkd.app.session import TRUST_ENV
+    from medkd.cli import main
+
+    assert build_parser().parse_args(["app"]).trust_bundle is False
+    assert build_parser().parse_args(["app", "--trust-bundle"]).trust_bundle is True
+    servers = []
+
+    class FakeServer:  # records what the Streamlit process would get, starts nothing
+        def __init__(self, command, env):
+            servers.append((command, env))
+
+        def wait(self):
+            return 0
+
+        def terminate(self):
+            pass
+
+    monkeypatch.setattr(subprocess, "Popen", FakeServer)
+    monkeypatch.setenv(TRUST_ENV, "1")  # inherited from the shell: only the flag trusts
+    assert main(["app", "--headless", "--port", "9001"]) == 0
+    assert TRUST_ENV not in servers[-1][1] and "9001" in servers[-1][0]
+    assert main(["app", "--trust-bundle", "--headless"]) == 0
+    assert servers[-1][1][TRUST_ENV] == "1"
+    assert api.app(trust_bundle=True) == 0 and servers[-1][1][TRUST_ENV] == "1"
+    assert api.app() == 0 and TRUST_ENV not in servers[-1][1]
+
+
 def test_medkd_app_serves(models_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
