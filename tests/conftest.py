@@ -127,3 +127,15 @@ def run_3d(tmp_path_factory, nifti_dir) -> Path:
 def monai_env() -> dict[str, str]:
     """Environment for ``python -m monai.bundle`` subprocesses (see :func:`offline_env`)."""
     return offline_env()
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_log_levels():
+    """``medkd.cli.main`` sets the levels of library loggers for its process; give each test the levels it found."""
+    import logging
+
+    names = ("pydicom", "highdicom", "monai", "medkd")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)

@@ -174,4 +174,3 @@ def test_pydicom_value_warnings_never_reach_the_console(capsys, caplog, monkeypa
     with caplog.at_level(logging.DEBUG):
         assert main(["bundle", "info", "x"]) == 0
     assert "1945-03-17" not in capsys.readouterr().err + caplog.text
-    logging.getLogger("pydicom").setLevel(logging.NOTSET)
