@@ -5,7 +5,7 @@
 never the extension (DICOM files often have none, and a ``.nii.gz`` may arrive named ``gz``):
 
 - **zip** archives are extracted safely (no absolute or ``..`` paths; folders, ``__MACOSX`` and ``.DS_Store``
-  skipped; within the limits below) and their files treated like uploaded ones; a zip inside is not opened;
+  skipped; within the upload limits) and their files treated like uploaded ones; a zip inside is not opened;
 - **DICOM** files (``DICM`` after the 128-byte preamble, or a raw dataset whose first bytes are a plausible
   little-endian group 0002/0008 element, as pydicom's ``rtstruct.dcm``) are scanned
   (:func:`medkd.io.dicom_scan.scan_file`) and the image series with the most files becomes the volume
@@ -20,27 +20,12 @@ they are never handed to pydicom. Every problem raises :class:`~medkd.errors.Dat
 user called it (or its name inside the zip) and saying, in clinical words, what is wrong; no message holds patient
 data or a server path. Everything is written under ``workdir`` (the app's session folder).
 
-Limits (hostile uploads cost seconds, not minutes or gigabytes). Each is a module constant, overridden by the
-environment variable ``MEDKD_UPLOAD_<NAME>`` (a positive whole number; read on every upload) and by
-``load_upload(..., limits=upload_limits(max_voxels=...))``:
-
-========================  ==============  =================================================================
-name                      default         what it bounds
-========================  ==============  =================================================================
-``MAX_ZIP_BYTES``         1 GiB           bytes unpacked from one upload: zip members, counted while they are
-                                          extracted (the declared sizes only refuse early), and Deflated DICOM
-                                          datasets, inflated a chunk at a time: a bomb stops at the limit
-``MAX_ZIP_MEMBERS``       20,000          entries (files and folders) of one zip archive, checked from its end
-                                          record before its file list is parsed
-``MAX_VOXELS``            2**28           voxels of a NIfTI volume, pixels of an image, voxels of a DICOM
-                                          series (512 x 512 x 1024), read from the header before decoding
-``MAX_DECODE_BYTES``      3 GiB           memory to decode one volume or image: header shape x (twice the
-                                          stored voxel size + 4 bytes of float32), checked before decoding
-``MAX_DICOM_READS``       1,000,000       pydicom reads of all DICOM headers of one upload (about two per
-                                          element; 2,000 slices of 500): a file of tiny elements stops there
-========================  ==============  =================================================================
-
-Streamlit's own ``server.maxUploadSize`` (200 MB by default) bounds what reaches :func:`load_upload`.
+Limits (hostile uploads cost seconds, not minutes or gigabytes): the budgets of one upload (bytes unpacked, zip
+entries, voxels, decoding memory, DICOM header reads), their defaults, their ``MEDKD_UPLOAD_<NAME>`` environment
+variables and the counted DICOM header reads are in :mod:`medkd.io.upload_limits`; its public names
+(``MAX_*``, ``ENV_PREFIX``, :class:`UploadLimits`, :func:`upload_limits`) are re-exported here, and assigning
+``medkd.io.upload.MAX_VOXELS`` (as tests do) sets the constant there. Zip archives are unpacked, within those
+budgets and with their member paths checked, by :mod:`medkd.io.zip_extract`.
 
 The bundled synthetic examples are in :mod:`medkd.io.examples`.
 
@@ -52,12 +37,9 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import io
 import logging
 import math
-import os
 import re
 import shutil
 import struct
@@ -67,13 +49,30 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medkd.errors import ConfigError, DataError
+from medkd.errors import DataError
+from medkd.io.upload_limits import (
+    ENV_PREFIX,
+    MAX_DECODE_BYTES,
+    MAX_DICOM_READS,
+    MAX_VOXELS,
+    MAX_ZIP_BYTES,
+    MAX_ZIP_MEMBERS,
+    OutOfReads,
+    TooBig,
+    UploadLimits,
+    limit_hint,
+    over_limit,
+    read_header,
+    size_text,
+    upload_limits,
+)
+from medkd.io.zip_extract import UploadFolder, extract_zip, safe_name
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -99,141 +98,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: most bytes one upload may unpack to (zip members extracted, Deflated DICOM inflated), counted as they come
-MAX_ZIP_BYTES = 1024**3
-#: most entries (files and folders) one zip archive may hold
-MAX_ZIP_MEMBERS = 20_000
-#: most voxels (pixels) one NIfTI volume, image or DICOM series may decode to
-MAX_VOXELS = 2**28
-#: most memory decoding one volume or image may take: shape x (2 x stored bytes per voxel + 4 for float32)
-MAX_DECODE_BYTES = 3 * 1024**3
-#: most pydicom reads of the DICOM headers of one upload (about two per data element)
-MAX_DICOM_READS = 1_000_000
-#: environment variables ``MEDKD_UPLOAD_MAX_...`` override the constants above
-ENV_PREFIX = "MEDKD_UPLOAD_"
 _HEAD = 544  # enough for a NIfTI-2 header (540) and the DICOM preamble (132)
-_CHUNK = 1 << 20
-_EOCD_SEARCH = 22 + 65535  # the zip end record and the longest comment
-_DIR_BYTES_PER_MEMBER = 1024  # a zip file list longer than this per allowed entry is refused before it is parsed
-_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _KIND_WORDS = {"dicom": "DICOM", "nifti": "NIfTI", "image": "PNG/JPEG"}
 _NOT_SUPPORTED = "not a DICOM, NIfTI, PNG or JPEG file"
-
-
-# --------------------------------------------------------------------------------------------- limits
-@dataclass(frozen=True, kw_only=True)
-class UploadLimits:
-    """The budgets of one upload (see the module docstring); build one with :func:`upload_limits`.
-
-    Attributes:
-        max_zip_bytes: bytes unpacked (zip members extracted, Deflated DICOM inflated), counted as they come.
-        max_zip_members: entries (files and folders) of one zip archive.
-        max_voxels: voxels (pixels) of one NIfTI volume, image or DICOM series.
-        max_decode_bytes: memory to decode one volume or image, estimated from its header.
-        max_dicom_reads: pydicom reads of all DICOM headers of the upload.
-    """
-
-    max_zip_bytes: int = MAX_ZIP_BYTES
-    max_zip_members: int = MAX_ZIP_MEMBERS
-    max_voxels: int = MAX_VOXELS
-    max_decode_bytes: int = MAX_DECODE_BYTES
-    max_dicom_reads: int = MAX_DICOM_READS
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"upload limit {f.name}={value!r}: expected a positive whole number")
-
-
-def _env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def upload_limits(**overrides: int | None) -> UploadLimits:
-    """The upload budgets: the module constants (as they are now), then ``MEDKD_UPLOAD_<NAME>`` environment
-    variables, then ``overrides`` that are not ``None``.
-
-    Args:
-        overrides: ``max_zip_bytes``, ``max_zip_members``, ``max_voxels``, ``max_decode_bytes``, ``max_dicom_reads``.
-
-    Raises:
-        ConfigError: an environment variable or override that is not a positive whole number (naming it).
-        TypeError: an unknown name.
-
-    Example:
-        >>> upload_limits(max_zip_bytes=1024).max_zip_bytes
-        1024
-    """
-    names = [f.name for f in dataclasses.fields(UploadLimits)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise TypeError(f"unknown upload limit(s) {unknown}; expected {names}")
-    values: dict[str, int] = {}
-    for f in dataclasses.fields(UploadLimits):
-        values[f.name] = globals()[f.name.upper()]
-        text = os.environ.get(_env_name(f.name), "").strip()
-        if text:
-            try:
-                values[f.name] = int(text.replace("_", ""))
-            except ValueError:
-                raise ConfigError(f"${_env_name(f.name)}={text!r}: expected a positive whole number") from None
-            if values[f.name] <= 0:
-                raise ConfigError(f"${_env_name(f.name)}={text!r}: expected a positive whole number")
-    values.update({name: value for name, value in overrides.items() if value is not None})
-    return UploadLimits(**values)
-
-
-def _size(n: float) -> str:
-    """``1 GiB``, ``3.5 MiB``, ``100 bytes``."""
-    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{int(n)} bytes"
-
-
-def _limit(name: str, shown: str) -> str:
-    return f"the upload limit is {shown} (${_env_name(name)})"
-
-
-class _OutOfReads(Exception):
-    """The upload's DICOM header reads are spent."""
-
-
-class _ReadsAll(Exception):
-    """pydicom asked for the rest of the file: the Deflated transfer syntax, which it inflates in one go."""
-
-    def __init__(self, offset: int) -> None:
-        super().__init__(offset)
-        self.offset = offset
-
-
-class _CountsReads:
-    """Mixin for binary files: each ``read`` spends one of the upload's ``reads_left``; ``read()`` of everything
-    (how pydicom inflates a Deflated dataset) is refused with :class:`_ReadsAll`."""
-
-    upload: _Upload
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            raise _ReadsAll(self.tell())  # type: ignore[attr-defined]
-        self.upload.reads_left -= 1
-        if self.upload.reads_left < 0:
-            raise _OutOfReads
-        return super().read(size)  # type: ignore[misc]
-
-
-class _CountedFile(_CountsReads, io.BufferedReader):
-    def __init__(self, path: Path, upload: _Upload) -> None:
-        super().__init__(io.FileIO(path))
-        self.upload = upload
-
-
-class _CountedBytes(_CountsReads, io.BytesIO):
-    def __init__(self, data: bytes, upload: _Upload) -> None:
-        super().__init__(data)
-        self.upload = upload
-
 
 @dataclass
 class LoadedImage:
@@ -369,8 +236,8 @@ def _starts_like_raw_dicom(head: bytes, size: int) -> bool:
     return length == _UNDEFINED or header + length <= size
 
 
-def _sniff(path: Path, upload: _Upload) -> tuple[str, str]:
-    """:func:`sniff`; parsing a raw dataset may raise :class:`_OutOfReads` or :class:`_TooBig` (the upload's limits)."""
+def _sniff(path: Path, upload: UploadFolder) -> tuple[str, str]:
+    """:func:`sniff`; parsing a raw dataset may raise :class:`OutOfReads` or :class:`TooBig` (the upload's limits)."""
     with path.open("rb") as f:
         head = f.read(_HEAD)
     if not head:
@@ -396,9 +263,9 @@ def _sniff(path: Path, upload: _Upload) -> tuple[str, str]:
         return "zip", ""
     if _starts_like_raw_dicom(head, path.stat().st_size):
         try:  # a raw dataset: a header that parses (within the budget) with a SOPClassUID
-            if _read_header(path, upload).get("SOPClassUID"):
+            if read_header(path, upload).get("SOPClassUID"):
                 return "dicom", ""
-        except (_OutOfReads, _TooBig):
+        except (OutOfReads, TooBig):
             raise
         except Exception as err:  # noqa: BLE001 - anything pydicom chokes on is not DICOM
             logger.debug("raw DICOM candidate does not parse: %s", type(err).__name__)
@@ -429,73 +296,15 @@ def sniff(path: str | Path, limits: UploadLimits | None = None) -> tuple[str, st
         ('dicom', '')
     """
     path = Path(path)
-    upload = _Upload(path.parent, limits or upload_limits())
+    upload = UploadFolder(path.parent, limits or upload_limits())
     try:
         return _sniff(path, upload)
-    except (_OutOfReads, _TooBig) as err:
-        return "unknown", _over_limit(err, upload)
+    except (OutOfReads, TooBig) as err:
+        return "unknown", over_limit(err, upload.limits)
 
 
 # --------------------------------------------------------------------------------------------- DICOM headers
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-
-
-class _TooBig(Exception):
-    """A Deflated DICOM dataset inflates beyond what is left of :attr:`UploadLimits.max_zip_bytes`."""
-
-
-def _inflated(path: Path, offset: int, limit: int) -> bytes:
-    """The Deflated transfer syntax's dataset after ``offset``, inflated a chunk at a time (a deflate bomb stops at
-    ``limit`` bytes with :class:`_TooBig`, where pydicom would inflate all of it into memory)."""
-    inflater, out, total = zlib.decompressobj(-zlib.MAX_WBITS), [], 0
-    with path.open("rb") as f:
-        f.seek(offset)
-        while chunk := f.read(_CHUNK):
-            while chunk:
-                piece = inflater.decompress(chunk, _CHUNK)
-                total += len(piece)
-                if total > limit:
-                    raise _TooBig
-                out.append(piece)
-                chunk = inflater.unconsumed_tail
-    return b"".join(out)
-
-
-def _read_header(path: Path, upload: _Upload) -> Any:
-    """pydicom's header of ``path`` (read with ``force``, without pixel data), every read spent from the upload's
-    read budget; a Deflated dataset is inflated by :func:`_inflated`, its bytes counted as unpacked, instead of by
-    pydicom's unbounded ``zlib``.
-
-    Raises:
-        _OutOfReads: the read budget ran out; _TooBig: the unpacked-bytes budget ran out; pydicom's errors.
-    """
-    import pydicom
-    from pydicom.filereader import read_dataset
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's warnings may quote header values
-        try:
-            with _CountedFile(path, upload) as fp:
-                return pydicom.dcmread(fp, stop_before_pixels=True, force=True)
-        except _ReadsAll as deflated:
-            data = _inflated(path, deflated.offset, upload.limits.max_zip_bytes - upload.unpacked)
-            upload.unpacked += len(data)
-            return read_dataset(_CountedBytes(data, upload), False, True,
-                                stop_when=lambda tag, vr, length: int(tag) in _PIXEL_TAGS)  # fmt: skip
-
-
-def _over_limit(err: Exception, upload: _Upload) -> str:
-    """The message of a spent budget (:class:`_OutOfReads` or :class:`_TooBig`)."""
-    limits = upload.limits
-    if isinstance(err, _TooBig):
-        shown = _size(limits.max_zip_bytes)
-        return f"the compressed (Deflated) DICOM file unpacks to more than {shown}; {_limit('max_zip_bytes', shown)}"
-    shown = f"{limits.max_dicom_reads:,} reads"
-    return (f"the DICOM headers are too long to read (more than {shown}: a file of millions of tiny elements?); "
-            f"{_limit('max_dicom_reads', shown)}")  # fmt: skip
-
-
-def _check_dicom_headers(items: Sequence[_Staged], upload: _Upload) -> dict[Path, str]:
+def _check_dicom_headers(items: Sequence[_Staged], upload: UploadFolder) -> dict[Path, str]:
     """Parse every DICOM file's header once within the upload's budgets, before the scan parses them again; raises
     a :class:`DataError` naming the file where a budget ran out (other parse errors are left to the scan).
 
@@ -505,145 +314,29 @@ def _check_dicom_headers(items: Sequence[_Staged], upload: _Upload) -> dict[Path
     modalities: dict[Path, str] = {}
     for item in items:
         try:
-            modalities[item.path] = str(_read_header(item.path, upload).get("Modality", "") or "")
-        except (_OutOfReads, _TooBig) as err:
-            raise DataError(item.name, _over_limit(err, upload)) from None
+            modalities[item.path] = str(read_header(item.path, upload).get("Modality", "") or "")
+        except (OutOfReads, TooBig) as err:
+            raise DataError(item.name, over_limit(err, upload.limits)) from None
         except Exception as err:  # noqa: BLE001 - the scan reports unreadable files
             logger.debug("DICOM header check: %s", type(err).__name__)
     return modalities
 
 
 # --------------------------------------------------------------------------------------------- staging
-def _safe_name(name: str) -> str:
-    """A file name that is safe on disk: the last path component, odd characters replaced, at most 120 chars."""
-    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    base = re.sub(r"[^\w.+-]", "_", base)[:120].strip(".")
-    return base or "file"
-
-
-@dataclass
-class _Upload:
-    """One upload being staged: its folder, budgets, the names given out and what each path is called."""
-
-    folder: Path
-    limits: UploadLimits
-    reads_left: int = field(init=False)  # of limits.max_dicom_reads
-    unpacked: int = 0  # bytes extracted from zips and inflated from Deflated DICOM, against limits.max_zip_bytes
-    taken: set[str] = field(default_factory=set)  # casefolded paths given out
-    counters: dict[str, int] = field(default_factory=dict)  # last suffix used per wanted path
-    shown: dict[str, str] = field(default_factory=dict)  # path on disk -> the user's name for it
-
-    def __post_init__(self) -> None:
-        self.reads_left = self.limits.max_dicom_reads
-
-    def fresh(self, folder: Path, name: str) -> Path:
-        """A path in ``folder`` for ``name`` not given out before (``a.dcm``, ``a_2.dcm``, ...), in constant time
-        per call however many files share the name (every folder is new, so only names given out here exist)."""
-        wanted = folder / name
-        path, key = wanted, str(wanted).casefold()
-        if key in self.taken:
-            stem, dot, ext = name.partition(".")
-            k = self.counters.get(key, 1)
-            while str(path).casefold() in self.taken:
-                k += 1
-                path = folder / f"{stem}_{k}{dot}{ext}"
-            self.counters[key] = k
-        self.taken.add(str(path).casefold())
-        self.shown[str(path)] = name
-        return path
-
-
-def _member_parts(member: str, archive: str) -> list[str] | None:
-    """Sanitised path components of a zip member; ``None`` to skip it; raises on an unsafe path."""
-    name = member.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
-        raise DataError(archive, f"the zip archive holds an unsafe path ({member!r}); it was not opened")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or parts[0] == "__MACOSX" or parts[-1].startswith("._") or parts[-1].lower() in _JUNK_NAMES:
-        return None
-    return [_safe_name(p) for p in parts]
-
-
-def _too_many(archive: str, count: int, limits: UploadLimits) -> DataError:
-    return DataError(archive, f"the zip archive holds {count:,} files and folders; "
-                              f"{_limit('max_zip_members', f'{limits.max_zip_members:,}')}")  # fmt: skip
-
-
-def _check_directory(archive: _Staged, limits: UploadLimits) -> None:
-    """Refuse a zip whose end record announces more entries than allowed, or a file list too long for that many,
-    before :mod:`zipfile` parses it (it builds an object per entry: millions cost seconds and gigabytes)."""
-    size = archive.path.stat().st_size
-    with archive.path.open("rb") as f:
-        f.seek(max(0, size - _EOCD_SEARCH))
-        tail = f.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
-        return  # zipfile says what is wrong
-    count, listed = struct.unpack_from("<HL", tail, at + 10)
-    z64 = at - 20 - 56  # the zip64 end record, before its locator
-    if (count == 0xFFFF or listed == 0xFFFFFFFF) and z64 >= 0 and tail[z64 : z64 + 4] == b"PK\x06\x06":
-        count, listed = struct.unpack_from("<QQ", tail, z64 + 32)
-    if count > limits.max_zip_members:
-        raise _too_many(archive.name, count, limits)
-    if listed > limits.max_zip_members * _DIR_BYTES_PER_MEMBER + _EOCD_SEARCH:
-        raise DataError(archive.name, f"the zip archive's file list ({_size(listed)}) is too long for "
-                                      f"{limits.max_zip_members:,} files and folders; "
-                                      f"{_limit('max_zip_members', f'{limits.max_zip_members:,}')}")  # fmt: skip
-
-
-def _extract_zip(archive: _Staged, dest: Path, upload: _Upload) -> list[_Staged]:
-    """Extract ``archive`` into ``dest`` with path checks, counting the bytes as they are written (``unpacked``,
-    shared by the upload's archives); returns the extracted files."""
-    limits, out = upload.limits, []
-    too_big = DataError(archive.name, f"the zip archive unpacks to more than {_size(limits.max_zip_bytes)}; "
-                                      f"{_limit('max_zip_bytes', _size(limits.max_zip_bytes))}")  # fmt: skip
-    _check_directory(archive, limits)
-    try:
-        with zipfile.ZipFile(archive.path) as zf:
-            infos = zf.infolist()
-            if len(infos) > limits.max_zip_members:
-                raise _too_many(archive.name, len(infos), limits)
-            files = [info for info in infos if not info.is_dir()]
-            if upload.unpacked + sum(info.file_size for info in files) > limits.max_zip_bytes:
-                raise too_big  # declared sizes refuse an honest bomb at once; they are not trusted otherwise
-            for info in files:
-                parts = _member_parts(info.filename, archive.name)
-                if parts is None:
-                    continue
-                if info.flag_bits & 0x1:
-                    raise DataError(archive.name, "the zip archive is password-protected; upload it unencrypted")
-                folder = dest.joinpath(*parts[:-1])
-                folder.mkdir(parents=True, exist_ok=True)
-                target = upload.fresh(folder, parts[-1])
-                with zf.open(info) as src, target.open("xb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        upload.unpacked += len(chunk)
-                        if upload.unpacked > limits.max_zip_bytes:
-                            raise too_big
-                        dst.write(chunk)
-                out.append(_Staged(target, parts[-1]))
-    except DataError:
-        raise
-    except NotImplementedError:
-        raise DataError(archive.name, "the zip archive uses a compression method that cannot be read") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error) as err:
-        raise DataError(archive.name, f"the zip archive is damaged ({type(err).__name__})") from None
-    return out
-
-
-def _stage(files: Sequence[tuple[str, bytes]], upload: _Upload) -> list[_Staged]:
+def _stage(files: Sequence[tuple[str, bytes]], upload: UploadFolder) -> list[_Staged]:
     """Write the uploads under the upload's folder, sniff them and unpack zips (one level); returns every file."""
     direct = upload.folder / "files"
     direct.mkdir()
     staged: list[_Staged] = []
     for name, data in files:
-        item = _Staged(upload.fresh(direct, _safe_name(name)), _safe_name(name))
+        item = _Staged(upload.fresh(direct, safe_name(name)), safe_name(name))
         item.path.write_bytes(bytes(data))
         item.kind, item.detail = _sniffed(item, upload)
         if item.kind != "zip":
             staged.append(item)
             continue
-        members = _extract_zip(item, upload.fresh(upload.folder, f"zip_{item.path.name}"), upload)
+        dest = upload.fresh(upload.folder, f"zip_{item.path.name}")
+        members = [_Staged(path, shown) for path, shown in extract_zip(item.path, item.name, dest, upload)]
         item.path.unlink()
         if not members:
             staged.append(_Staged(item.path, item.name, "unknown", "the zip archive holds no files"))
@@ -655,15 +348,15 @@ def _stage(files: Sequence[tuple[str, bytes]], upload: _Upload) -> list[_Staged]
     return staged
 
 
-def _sniffed(item: _Staged, upload: _Upload) -> tuple[str, str]:
+def _sniffed(item: _Staged, upload: UploadFolder) -> tuple[str, str]:
     try:
         return _sniff(item.path, upload)
-    except (_OutOfReads, _TooBig) as err:
-        raise DataError(item.name, _over_limit(err, upload)) from None
+    except (OutOfReads, TooBig) as err:
+        raise DataError(item.name, over_limit(err, upload.limits)) from None
 
 
 def _summary(files: Sequence[tuple[str, bytes]]) -> str:
-    names = [_safe_name(name) for name, _ in files]
+    names = [safe_name(name) for name, _ in files]
     return names[0] if len(names) == 1 else f"{names[0]} + {len(names) - 1} more"
 
 
@@ -671,7 +364,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _scrubbed(err: DataError, upload: _Upload, roots: Sequence[Path]) -> DataError:
+def _scrubbed(err: DataError, upload: UploadFolder, roots: Sequence[Path]) -> DataError:
     """``err`` with every server path (the upload's files, ``roots`` and below) replaced by the file's name."""
 
     def clean(text: str) -> str:
@@ -771,15 +464,16 @@ def _check_decode(name: str, what: str, shape: Sequence[int], itemsize: int, lim
     unit = "pixels" if what == "image" else "voxels"
     if voxels > limits.max_voxels:
         raise DataError(name, f"the {what} has {voxels:,} {unit} ({dims}), too many to decode; "
-                              f"{_limit('max_voxels', f'{limits.max_voxels:,} {unit}')}")  # fmt: skip
+                              f"{limit_hint('max_voxels', f'{limits.max_voxels:,} {unit}')}")  # fmt: skip
     need = voxels * (2 * itemsize + 4)
     if need > limits.max_decode_bytes:
         each = _plural(itemsize, "byte")
-        raise DataError(name, f"the {what} ({dims} = {voxels:,} {unit} of {each}) needs about {_size(need)} of "
-                              f"memory to decode; {_limit('max_decode_bytes', _size(limits.max_decode_bytes))}")  # fmt: skip
+        shown = size_text(limits.max_decode_bytes)
+        raise DataError(name, f"the {what} ({dims} = {voxels:,} {unit} of {each}) needs about {size_text(need)} of "
+                              f"memory to decode; {limit_hint('max_decode_bytes', shown)}")  # fmt: skip
 
 
-def _load_dicom(items: Sequence[_Staged], name: str, notes: list[str], upload: _Upload) -> LoadedImage:
+def _load_dicom(items: Sequence[_Staged], name: str, notes: list[str], upload: UploadFolder) -> LoadedImage:
     from medkd.io.dicom_scan import group_series, scan_file
     from medkd.io.dicom_volume import SeriesError, load_series_volume
 
@@ -828,7 +522,7 @@ def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
     return tuple(([1.0] * (3 - len(spacing)) + spacing)[-3:])  # type: ignore[return-value]
 
 
-def _load_nifti(item: _Staged, name: str, notes: list[str], upload: _Upload) -> LoadedImage:
+def _load_nifti(item: _Staged, name: str, notes: list[str], upload: UploadFolder) -> LoadedImage:
     from medkd.io.volume_io import read_volume
 
     compressed = item.kind == "nifti.gz"
@@ -844,8 +538,8 @@ def _load_nifti(item: _Staged, name: str, notes: list[str], upload: _Upload) -> 
     if not compressed and item.path.stat().st_size < needed:
         raise DataError(
             item.name,
-            f"the NIfTI file is shorter than its header says ({_size(item.path.stat().st_size)}"
-            f" of {_size(needed)}): an incomplete copy or transfer? export it again",
+            f"the NIfTI file is shorter than its header says ({size_text(item.path.stat().st_size)}"
+            f" of {size_text(needed)}): an incomplete copy or transfer? export it again",
         )
     suffix = ".nii.gz" if compressed else ".nii"
     target = item.path if item.path.name.lower().endswith(suffix) else item.path.with_name(item.path.name + suffix)
@@ -867,7 +561,7 @@ def _band_bytes(mode: str) -> int:
     return 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
 
 
-def _load_picture(item: _Staged, name: str, notes: list[str], upload: _Upload) -> LoadedImage:
+def _load_picture(item: _Staged, name: str, notes: list[str], upload: UploadFolder) -> LoadedImage:
     import SimpleITK as sitk
     from PIL import Image, ImageOps
 
@@ -888,7 +582,7 @@ def _load_picture(item: _Staged, name: str, notes: list[str], upload: _Upload) -
     except Image.DecompressionBombError:
         shown = f"{min(upload.limits.max_voxels, bomb):,} pixels"
         raise DataError(item.name, f"the image declares more than {bomb:,} pixels (a decompression bomb?); "
-                                   f"{_limit('max_voxels', shown)}") from None  # fmt: skip
+                                   f"{limit_hint('max_voxels', shown)}") from None  # fmt: skip
     except Exception as err:  # noqa: BLE001 - truncated files, unknown modes, ...
         raise DataError(item.name, f"the image cannot be decoded ({type(err).__name__})") from None
     if array.ndim != 2 or array.size == 0:
@@ -971,7 +665,7 @@ def load_upload(
     limits = limits or upload_limits()
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    upload = _Upload(Path(tempfile.mkdtemp(prefix="upload-", dir=workdir)), limits)
+    upload = UploadFolder(Path(tempfile.mkdtemp(prefix="upload-", dir=workdir)), limits)
     name = _summary(files)
     try:
         staged = _stage(files, upload)

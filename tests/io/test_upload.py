@@ -23,7 +23,7 @@ from pydicom.data import get_testdata_file, get_testdata_files  # noqa: E402
 from medkd.data.synthetic import make_cardiac_volume  # noqa: E402
 from medkd.data.synthetic_dicom import write_dicom_series  # noqa: E402
 from medkd.errors import DataError  # noqa: E402
-from medkd.io import examples, upload  # noqa: E402
+from medkd.io import examples, upload_limits  # noqa: E402
 from medkd.io.examples import example_names, load_example  # noqa: E402
 from medkd.io.upload import LoadedImage, load_upload, sniff  # noqa: E402
 from medkd.io.volume_io import write_mask_like  # noqa: E402
@@ -127,7 +127,7 @@ def test_zip_with_unsafe_path_is_rejected(member: str, series, tmp_path: Path) -
     [("MAX_ZIP_MEMBERS", 2, "holds 3 files"), ("MAX_ZIP_BYTES", 100, "unpacks to more than")],
 )
 def test_zip_limits(limit: str, value: int, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upload, limit, value)
+    monkeypatch.setattr(upload_limits, limit, value)  # the module upload_limits() reads
     data = _zip({f"f{i}": bytes(60) for i in range(3)})
     assert words in _error([("big.zip", data)], tmp_path / "work").problem
 

@@ -179,7 +179,7 @@ def test_many_same_named_members_take_linear_time(tmp_path: Path) -> None:
 
 
 def test_same_names_get_distinct_paths_in_constant_time(tmp_path: Path) -> None:
-    staging = upload._Upload(tmp_path, upload_limits())
+    staging = upload.UploadFolder(tmp_path, upload_limits())
     paths = [staging.fresh(tmp_path, "IM.dcm") for _ in range(20_000)] + [staging.fresh(tmp_path, "im_2.DCM")]
     assert len({str(p).casefold() for p in paths}) == len(paths)
     assert paths[:3] == [tmp_path / "IM.dcm", tmp_path / "IM_2.dcm", tmp_path / "IM_3.dcm"]
