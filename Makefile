@@ -28,9 +28,10 @@ $(VENV)/.ready:
 	touch $@
 
 # Debian tools the tests use: dciodvfy (package dicom3tools) validates every DICOM SEG/SR medkd writes; chromium
-# takes the app's screenshot. Installed with apt when missing (as root, or with passwordless sudo); otherwise those
+# takes the app's screenshot, driven by selenium through chromedriver (package chromium-driver). Installed with apt
+# when missing (as root, or with passwordless sudo); otherwise those
 # tests skip and say why.
-SYSTEM_TOOLS := dciodvfy:dicom3tools chromium:chromium
+SYSTEM_TOOLS := dciodvfy:dicom3tools chromium:chromium chromedriver:chromium-driver
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

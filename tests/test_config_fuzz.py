@@ -127,7 +127,8 @@ def test_one_bad_value_in_a_shipped_preset_is_named(preset):
      ("patch=[-5, 64]", "patch"), ("num_classes=0", "num_classes"), ("num_classes=1", "num_classes"),
      ("in_channels=0", "in_channels"), ("momentum=-1", "momentum"), ("weight_decay=-1", "weight_decay"),
      ("eval_batch_size=0", "eval_batch_size"), ("num_workers=-1", "num_workers"), ("seed=-1", "seed"),
-     ("u_weight=nan", "u_weight"), ("lr_gamma=0", "lr_gamma"), ("patch=[100000, 100000]", "patch")],
+     ("u_weight=nan", "u_weight"), ("lr_gamma=0", "lr_gamma"), ("patch=[100000, 100000]", "patch"),
+     ("precision=fp8", "precision"), ("grad_accum_steps=0", "grad_accum_steps")],
 )
 def test_out_of_range_values_are_named(override, key):
     with pytest.raises(ConfigError, match=key):

@@ -398,8 +398,9 @@ class Engine:
         self._metrics.log(it, loss=loss_value, lr=lr, **task_logs, iter_per_s=speed, **split)
         self._bar.set_postfix(loss=f"{loss_value:.4g}", best=f"{self.best_score:.4g}")
         if self._plain_progress:
-            logger.info("%s: iteration %d/%d, loss %.4g, lr %.3g, %.2f it/s, best %.4g", self.out_dir.name, it,
-                        self.config.max_iterations, loss_value, lr, speed, self.best_score)
+            best = f", best {self.best_score:.4g}" if math.isfinite(self.best_score) else ""
+            logger.info("%s: iteration %d/%d, loss %.4g, lr %.3g, %.2f it/s%s", self.out_dir.name, it,
+                        self.config.max_iterations, loss_value, lr, speed, best)
         if self._main:
             self.task.on_log(it, batch)
 

@@ -36,6 +36,7 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("val_from_train", 0, None, True),
     ("num_workers", 0, None, True),
     ("snapshot_interval", 0, None, True),
+    ("grad_accum_steps", 1, None, True),
 )
 _MAX_PATCH = 4096
 
@@ -93,6 +94,10 @@ class BCPConfig:
         tensorboard: also log scalars to ``RUN/<stage>/tensorboard`` (needs ``pip install "medkd[tensorboard]"``).
         channels_last: 2D networks and inputs in ``torch.channels_last`` memory format (faster convolutions on
             CPU and tensor cores; no effect on the numbers beyond float rounding).
+        precision: ``fp32``, ``bf16`` (autocast; fast on CPUs with bf16 instructions and on recent GPUs) or
+            ``fp16`` (CUDA only, with a grad scaler). Validation and inference stay in fp32.
+        grad_accum_steps: batches whose gradients add up to one optimiser step (the labelled/unlabelled batch is
+            drawn that many times per iteration).
     """
 
     dataset: Dataset = Dataset.ACDC
@@ -134,6 +139,8 @@ class BCPConfig:
     snapshot_interval: int = 0
     channels_last: bool = True
     tensorboard: bool = False
+    precision: str = "fp32"
+    grad_accum_steps: int = 1
 
     def __post_init__(self) -> None:
         self._check_ranges()
@@ -161,6 +168,7 @@ class BCPConfig:
             ("teacher_train_mode", self.teacher_train_mode, ("auto", "true", "false")),
             ("restore_optimizer", self.restore_optimizer, ("auto", "true", "false")),
             ("device", self.device, ("auto", "cpu", "cuda")),
+            ("precision", self.precision, ("fp32", "bf16", "fp16")),
         ):
             if str(value).lower() not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")

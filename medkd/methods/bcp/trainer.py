@@ -158,7 +158,7 @@ def _optimizer(cfg: BCPConfig, net: nn.Module) -> torch.optim.Optimizer:
 def _engine_config(cfg: BCPConfig, iterations: int, progress: bool) -> EngineConfig:
     return EngineConfig(
         max_iterations=iterations, val_interval=cfg.val_interval, log_interval=cfg.log_interval, progress=progress,
-        tensorboard=cfg.tensorboard,
+        tensorboard=cfg.tensorboard, precision=cfg.precision, grad_accum_steps=cfg.grad_accum_steps,
     )
 
 
@@ -188,6 +188,8 @@ def train_bcp(
 def _train(cfg: BCPConfig, data_root: Path, out: Path, dist: DistInfo, *, resume: bool, progress: bool) -> dict[str, Any]:
     seed_everything(cfg.seed + dist.rank, deterministic=cfg.deterministic)
     device = resolve_device(cfg, dist)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"precision=fp16 needs a CUDA device (this run uses {device.type}); use precision=bf16")
     data = build_run_data(cfg, data_root)
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
