@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Segmentation networks by registry name: the BCP reference networks and MONAI networks.
+"""Networks by registry name and task: the BCP reference networks and MONAI networks (all segmentation).
 
-Importing this package registers every built-in network; MONAI itself is imported only when a ``monai_*`` network
-is built.
+Each network is registered under a :class:`NetTask` (segmentation, detection, classification, video_encoder) whose
+contract :mod:`medkd.nets.contracts` checks. Importing this package registers every built-in network; MONAI
+itself is imported only when a ``monai_*`` network is built.
 
 Example:
     >>> from medkd.nets import create_net, list_nets
@@ -13,25 +14,27 @@ Example:
 
 from __future__ import annotations
 
-from medkd.nets.factory import NETS, count_parameters, create_net, list_nets, register_net
+from medkd.nets.factory import NETS, NetTask, count_parameters, create_net, list_nets, net_task, register_net
 from medkd.nets.monai_nets import monai_basicunet, monai_unet, monai_vnet
 from medkd.nets.unet2d import BCPUNet2d, bcp_unet2d, bcp_unet2d_half
 from medkd.nets.vnet import BCPVNet, VNetNorm, bcp_vnet, bcp_vnet_small
 
 __all__ = [
     "NETS",
-    "register_net",
-    "create_net",
-    "list_nets",
-    "count_parameters",
     "BCPUNet2d",
+    "BCPVNet",
+    "NetTask",
+    "VNetNorm",
     "bcp_unet2d",
     "bcp_unet2d_half",
-    "BCPVNet",
-    "VNetNorm",
     "bcp_vnet",
     "bcp_vnet_small",
+    "count_parameters",
+    "create_net",
+    "list_nets",
     "monai_basicunet",
     "monai_unet",
     "monai_vnet",
+    "net_task",
+    "register_net",
 ]

@@ -30,7 +30,7 @@ from torch import nn
 
 from medkd.nets.factory import register_net
 
-__all__ = ["VNetNorm", "BCPVNet", "bcp_vnet", "bcp_vnet_small"]
+__all__ = ["BCPVNet", "VNetNorm", "bcp_vnet", "bcp_vnet_small"]
 
 logger = logging.getLogger(__name__)
 

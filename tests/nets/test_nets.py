@@ -7,17 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from medkd.nets import NETS, BCPUNet2d, BCPVNet, VNetNorm, count_parameters, create_net, list_nets, register_net
+from medkd.nets import (
+    NETS,
+    BCPUNet2d,
+    BCPVNet,
+    NetTask,
+    VNetNorm,
+    count_parameters,
+    create_net,
+    list_nets,
+    net_task,
+    register_net,
+)
+from medkd.nets.contracts import check_registered_net, spatial_dims
 
 IN_CH, OUT_CH = 2, 3
-
-
-def _spatial_dims(net: nn.Module) -> int:
-    """2 or 3, from the first convolution of the network."""
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            return 2 if isinstance(module, nn.Conv2d) else 3
-    raise AssertionError(f"no convolution in {type(net).__name__}")
 
 
 def _input(dims: int) -> torch.Tensor:
@@ -25,23 +29,23 @@ def _input(dims: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list_nets())
-def test_registry_sweep_forward_backward(name: str) -> None:
+def test_registry_sweep_contract_per_task(name: str) -> None:
+    """Every registered network (built-in or from a plugin) honours its task's contract, forward and backward."""
     torch.manual_seed(0)
-    net = create_net(name, in_channels=IN_CH, out_channels=OUT_CH).train()
-    x = _input(_spatial_dims(net))
-    out = net(x)
-    assert isinstance(out, torch.Tensor)
-    assert out.shape == (x.shape[0], OUT_CH, *x.shape[2:])
-    out.square().mean().backward()
-    grads = [p.grad for p in net.parameters() if p.requires_grad]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    check_registered_net(name)
 
 
-@pytest.mark.parametrize("name", [n for n in list_nets() if n != "monai_vnet"])
+def test_builtin_nets_are_segmentation() -> None:
+    assert list_nets(task="segmentation") == list_nets()
+    assert (
+        list_nets(task=NetTask.DETECTION) == list_nets(task="classification") == list_nets(task="video_encoder") == []
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in list_nets(task="segmentation") if n != "monai_vnet"])
 def test_channels_last_matches_contiguous(name: str) -> None:
     net = create_net(name, in_channels=IN_CH, out_channels=OUT_CH).eval()
-    dims = _spatial_dims(net)
+    dims = spatial_dims(net)
     fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
     x = _input(dims)
     with torch.no_grad():
@@ -80,8 +84,15 @@ def test_unknown_name_suggests_close_match(name: str, close: str) -> None:
         create_net(name)
 
 
-def test_register_net_bare_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations made by the test are dropped afterwards."""
     monkeypatch.setattr(NETS, "_items", dict(NETS._items))
+    monkeypatch.setattr(NETS, "_meta", dict(NETS._meta))
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_register_net_bare_and_named() -> None:
 
     @register_net
     def tiny_net(in_channels: int = 1, out_channels: int = 2) -> nn.Module:
@@ -94,6 +105,39 @@ def test_register_net_bare_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list_nets("tiny*") == ["tiny_named", "tiny_net"]
     assert create_net("tiny_net", in_channels=3, out_channels=5).weight.shape == (5, 3, 1, 1)
     assert create_net("tiny_named").kernel_size == (3, 3)
+    assert net_task("tiny_net") is net_task("tiny_named") is NetTask.SEGMENTATION  # the default task
+
+
+@pytest.mark.usefixtures("scratch_registry")
+@pytest.mark.parametrize("task", list(NetTask))
+def test_register_net_with_task_and_list_by_task(task: NetTask) -> None:
+    @register_net("tiny_tasked", task=task.value)
+    def _factory(in_channels: int = 1) -> nn.Module:
+        return nn.Identity()
+
+    assert net_task("tiny_tasked") is task
+    assert NETS.meta("tiny_tasked") == {"task": task}
+    assert list_nets("tiny_*", task=task) == ["tiny_tasked"]
+    others = [t for t in NetTask if t is not task]
+    assert all("tiny_tasked" not in list_nets(task=t) for t in others)
+    assert create_net("tiny_tasked", in_channels=3)(torch.ones(1)).item() == 1.0  # create_net is unchanged
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_plain_registry_entry_counts_as_segmentation() -> None:
+    NETS.register("tiny_plain")(lambda in_channels=1, out_channels=2: nn.Conv2d(in_channels, out_channels, 1))
+    assert net_task("tiny_plain") is NetTask.SEGMENTATION
+    assert "tiny_plain" in list_nets(task="segmentation")
+
+
+@pytest.mark.parametrize("task, close", [("detecton", "detection"), ("video_encodr", "video_encoder"), ("xyz", None)])
+def test_unknown_task_raises(task: str, close: str | None) -> None:
+    match = f"Did you mean '{close}'" if close else "Tasks: segmentation, detection"
+    with pytest.raises(ValueError, match=match):
+        register_net("never_registered", task=task)
+    with pytest.raises(ValueError, match=match):
+        list_nets(task=task)
+    assert "never_registered" not in list_nets()
 
 
 def test_list_nets_pattern() -> None:
