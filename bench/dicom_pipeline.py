@@ -58,7 +58,7 @@ def _write_inputs(folder: Path, n_series: int, slices: int, size: int) -> None:
 
 
 def _run(inputs: Path, out: Path, workers: int, predictor) -> dict:
-    from medkd.engine.batch import PipelineConfig, run_pipeline
+    from medkd.pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(name="bench_ct", selection=[{"name": "ct", "conditions": {"Modality": "CT"}}])
     start = time.perf_counter()

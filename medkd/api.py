@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import json as jsonlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,30 +52,11 @@ def bcp_eval(
     Writes ``json`` (if given) and ``RUN/metrics_per_case_<split>.csv``; returns
     ``{"mean": {...}, "per_class": {...}, "cases": [...], "empty_predictions": n, ...}``.
     """
-    from tqdm import tqdm
+    from medkd.methods.bcp.eval_run import evaluate_run
 
-    from medkd.metrics.seg import write_cases_csv
-    from medkd.methods.bcp.data import eval_cases
-    from medkd.methods.bcp.evaluate import evaluate_cases
-    from medkd.methods.bcp.predict import checkpoint_path, load_run
-
-    cfg, model = load_run(run, checkpoint, stage=stage)
-    device = next(model.parameters()).device
-    bar = tqdm(desc=f"eval {split}", unit="case", disable=not progress)
-    try:
-        summary = evaluate_cases(model, eval_cases(cfg, Path(data_root), split), cfg, device, progress=bar)
-    finally:
-        bar.close()
-    summary.update(
-        run=str(run), split=split, checkpoint=str(checkpoint_path(run, cfg, checkpoint, stage)),
-        dataset=cfg.dataset.value,
-        method=cfg.method.value, selection_on_test=cfg.resolved_val_split() == "test",
+    return evaluate_run(
+        run, data_root, split=split, json=json, checkpoint=checkpoint, stage=stage, progress=progress
     )
-    write_cases_csv(summary, Path(run) / f"metrics_per_case_{stage + '_' if stage else ''}{split}.csv")
-    if json is not None:
-        Path(json).parent.mkdir(parents=True, exist_ok=True)
-        Path(json).write_text(jsonlib.dumps(summary, indent=2))
-    return summary
 
 
 def bcp_predict(run: str | Path, input: str | Path, output: str | Path, *, checkpoint: str = "best") -> list[Path]:
@@ -98,17 +78,19 @@ def pipeline_run(
     overwrite: bool = False,
     progress: bool = True,
     trust_bundle: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Any:
-    """Run a DICOM pipeline YAML over a folder tree; returns the :class:`~medkd.engine.batch.PipelineSummary`.
+    """Run a DICOM pipeline YAML over a folder tree; returns the :class:`~medkd.pipeline.PipelineSummary`.
 
-    ``trust_bundle=True`` runs code in the model bundle's configs (``$`` expressions, ``_target_`` outside medkd's
-    allowlist); only for bundles you trust. Without it such a bundle raises
+    ``overrides`` are ``key=value`` settings on the YAML; dotted keys reach the ``outputs`` blocks
+    (``outputs.seg.type=labelmap``). ``trust_bundle=True`` runs code in the model bundle's configs (``$``
+    expressions, ``_target_`` outside medkd's allowlist); only for bundles you trust. Without it such a bundle raises
     :class:`~medkd.errors.UntrustedBundleError` before any series is processed.
     """
-    from medkd.engine.batch import run_pipeline
+    from medkd.pipeline import run_pipeline
 
     return run_pipeline(pipeline, input, output, workers=workers, shard=shard, model=model, device=device,
-                        overwrite=overwrite, progress=progress, trust_bundle=trust_bundle)
+                        overwrite=overwrite, progress=progress, trust_bundle=trust_bundle, overrides=overrides)
 
 
 def bundle_export(
@@ -121,7 +103,8 @@ def bundle_export(
     torchscript: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Export a run's student as a MONAI bundle folder; see :func:`medkd.bundle.export_bundle`."""
+    """Export a run's network (a BCP run's student) as a MONAI bundle folder, through its method's bundle spec;
+    ``stage`` must be one of the method's stages. See :func:`medkd.bundle.export_bundle`."""
     from medkd.bundle import export_bundle
 
     return export_bundle(run, output, checkpoint=checkpoint, stage=stage, version=version, torchscript=torchscript,
@@ -155,6 +138,10 @@ def app(
 ) -> int:
     """Serve the Streamlit app until interrupted; returns Streamlit's exit code.
 
+    The server runs headless (no browser tab, and no first-run e-mail prompt, which would wait forever for an
+    answer) with ``headless=True`` or whenever stdin or stdout is not a terminal: under ``nohup``, a service manager,
+    a container or a CI job.
+
     ``trust_bundle=True`` lets the app run code in bundle configs (``$`` expressions, ``_target_`` outside medkd's
     allowlist) by setting ``MEDKD_TRUST_BUNDLES=1`` for the server; without it the variable is removed, so only
     the flag trusts, and such a bundle shows a message in the app instead of loading.
@@ -171,6 +158,13 @@ def app(
     env.pop("MEDKD_TRUST_BUNDLES", None)  # medkd.app.session.TRUST_ENV, read by the app
     if trust_bundle:
         env["MEDKD_TRUST_BUNDLES"] = "1"
+    def isatty(stream: Any) -> bool:  # False for None, closed or redirected streams
+        try:
+            return bool(stream is not None and stream.isatty())
+        except (AttributeError, ValueError, OSError):
+            return False
+
+    headless = headless or not (isatty(sys.stdin) and isatty(sys.stdout))
     command = [
         sys.executable, "-m", "streamlit", "run", importlib.util.find_spec("medkd.app.main").origin,
         "--server.port", str(port),

@@ -174,3 +174,90 @@ def test_pydicom_value_warnings_never_reach_the_console(capsys, caplog, monkeypa
     with caplog.at_level(logging.DEBUG):
         assert main(["bundle", "info", "x"]) == 0
     assert "1945-03-17" not in capsys.readouterr().err + caplog.text
+
+
+def _actions(parser) -> dict:
+    """``{option: (required, default, choices)}`` of a parser's optional arguments."""
+    return {a.option_strings[-1]: (a.required, a.default, a.choices) for a in parser._actions if a.option_strings}
+
+
+def _subparser(parser, *path):
+    for name in path:
+        parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
+    return parser
+
+
+#: ``medkd bcp ...`` as before methods registered themselves: the same flags, defaults and choices
+BCP_FLAGS = {
+    "train": {"--help": (False, "==SUPPRESS==", None), "--config": (True, None, None),
+              "--data-root": (True, None, None), "--out": (True, None, None), "--set": (False, [], None),
+              "--resume": (False, False, None)},
+    "eval": {"--help": (False, "==SUPPRESS==", None), "--run": (True, None, None), "--data-root": (True, None, None),
+             "--split": (False, "test", None), "--json": (False, None, None),
+             "--checkpoint": (False, "best", ("best", "last")),
+             "--stage": (False, None, ("pretrain", "selftrain", "supervised"))},
+    "predict": {"--help": (False, "==SUPPRESS==", None), "--run": (True, None, None), "--input": (True, None, None),
+                "--output": (True, None, None), "--checkpoint": (False, "best", ("best", "last"))},
+}
+
+
+@pytest.mark.parametrize("action", sorted(BCP_FLAGS))
+def test_bcp_subcommand_built_from_the_registry_keeps_its_flags(action):
+    from medkd.cli import build_parser
+
+    parser = build_parser()
+    assert _actions(_subparser(parser, "bcp", action)) == BCP_FLAGS[action]
+    choices = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    names = list(choices)  # the methods' subcommands first, then the shared tools
+    assert names.index("bcp") < names.index("pipeline") < names.index("bundle") < names.index("app")
+
+
+def test_a_registered_method_gets_its_subcommand(capsys, tmp_path):
+    """A method registered at run time (as a plugin does) appears in ``medkd --help`` and runs, no CLI edit."""
+    from medkd.methods import METHODS, Method, register_method
+
+    def cli(sub):
+        toy = sub.add_parser("toycli", help="a toy method")
+        toy_sub = toy.add_subparsers(dest="action", required=True)
+        train = toy_sub.add_parser("train")
+        train.add_argument("--out", required=True)
+        train.set_defaults(handler=lambda args: print(f"trained into {args.out}") or 0)
+
+    register_method(Method(name="toycli", kind="detection", config_class="builtins:dict", train="builtins:print",
+                           cli=cli, description="a toy method"))
+    try:
+        assert main(["toycli", "train", "--out", str(tmp_path)]) == 0
+        assert f"trained into {tmp_path}" in capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert "toycli" in capsys.readouterr().out
+    finally:
+        METHODS._items.pop("toycli", None)
+
+
+def test_a_method_with_a_broken_subcommand_is_left_out(capsys, caplog):
+    from medkd.methods import METHODS, Method, register_method
+
+    register_method(Method(name="brokencli", kind="detection", config_class="builtins:dict", train="builtins:print",
+                           cli="medkd.no_such_module:add_parser"))
+    try:
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        out = capsys.readouterr().out
+        assert "brokencli" not in out and "bcp" in out
+        assert "'brokencli' left out of the command line: ModuleNotFoundError" in caplog.text
+    finally:
+        METHODS._items.pop("brokencli", None)
+
+
+@pytest.mark.parametrize("action", ["eval", "predict"])
+def test_bcp_on_a_run_of_another_method_names_that_method(capsys, tmp_path, action):
+    from medkd.runs import write_run_info
+
+    run = tmp_path / "toy_run"
+    write_run_info(run, method="toy", kind="detection")
+    (run / "config.yaml").write_text("detector: retinanet\n")  # not BCP's keys: never parsed as a BCP config
+    argv = ["bcp", action, "--run", str(run)]
+    argv += ["--data-root", str(tmp_path)] if action == "eval" else ["-i", str(tmp_path), "-o", str(tmp_path / "o")]
+    err = _err(capsys, argv)
+    assert str(run) in err and "a run of method 'toy'" in err and "medkd toy" in err and "Valid keys" not in err

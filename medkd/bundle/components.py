@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Components that medkd bundles name in ``configs/inference.json``.
 
-:class:`SegmentationInferer` is the bundle's ``inferer``: it runs the very same
-:meth:`medkd.engine.predictor.SegmentationSpec.segment` as ``medkd bcp predict``, so
-``python -m monai.bundle run`` writes masks voxel-for-voxel equal to medkd's own.
+:class:`SegmentationInferer` is the ``inferer`` of segmentation bundles (a method's bundle spec names it): it
+runs the very same :meth:`medkd.engine.predictor.SegmentationSpec.segment` as the method's own predictor, so
+``python -m monai.bundle run`` writes masks voxel-for-voxel equal to medkd's own. Components that other kinds need
+live with their method (:attr:`~medkd.methods.bundle_spec.BundleSpec.component_modules`).
 
 MONAI's ``LoadImaged`` (nibabel) gives ``(C, x, y, z)`` in file voxel order, SimpleITK gives ``(z, y, x)``: the
 same voxels transposed. The inferer transposes each batch item to ``(z, y, x)``, segments it and transposes the

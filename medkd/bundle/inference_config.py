@@ -1,46 +1,73 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``configs/inference.json`` of a segmentation bundle: a MONAI ``SupervisedEvaluator`` workflow over NIfTI files.
+"""``configs/inference.json`` of a medkd bundle: a MONAI ``SupervisedEvaluator`` workflow over the files of
+``dataset_dir``.
 
 Ids (``ConfigWorkflow(..., workflow_type="inference").check_properties() == []``): ``imports``, ``bundle_root``,
 ``device``, ``network_def`` (``medkd.nets.create_net``), ``network``, ``output_dir``, ``dataset_dir``,
-``datalist`` (``*.nii``/``*.nii.gz`` under ``dataset_dir``), ``preprocessing`` (``LoadImaged`` first),
-``dataset``, ``dataloader``, ``inferer`` (:class:`medkd.bundle.components.SegmentationInferer` holding the
-:class:`~medkd.engine.predictor.SegmentationSpec`), ``postprocessing`` (``SaveImaged`` last), ``checkpointloader``,
-``handlers``, ``evaluator``, ``initialize`` and ``run``.
-
-Preprocessing does no resampling or intensity scaling: the inferer segments raw volumes with the run's recipe,
-exactly as ``medkd bcp predict`` does, and masks are written as uint8 on the input's grid (``<case>_seg.nii.gz``,
-the name ``medkd bcp predict`` uses).
+``datalist`` (the files matching the method's input patterns), ``preprocessing``, ``dataset``, ``dataloader``,
+``inferer``, ``postprocessing``, ``checkpointloader``, ``handlers``, ``evaluator``, ``initialize`` and ``run``.
+The method's :class:`~medkd.methods.bundle_spec.BundleSpec` gives the network's arguments, the inferer and the
+transforms (a reader first and a writer last: MONAI Deploy strips them); the rest is the same for every method.
 
 Example:
-    >>> cfg = inference_config("bcp_unet2d_half", 1, SegmentationSpec("slices_2d", 4, (64, 64)))
-    >>> cfg["run"], cfg["preprocessing"]["transforms"][0]["_target_"]
-    (['$@evaluator.run()'], 'LoadImaged')
+    >>> cfg = inference_config({"name": "monai_basicunet", "in_channels": 1, "out_channels": 4},
+    ...                        inferer={"_target_": "SimpleInferer"}, preprocessing=[], postprocessing=[])
+    >>> cfg["run"], cfg["network_def"]["_target_"], cfg["datalist"][:30]
+    (['$@evaluator.run()'], 'medkd.nets.create_net', '$sorted(glob.glob(os.path.join')
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from medkd.bundle.layout import WEIGHTS
-from medkd.engine.predictor import SegmentationSpec
+from medkd.methods.bundle_spec import NIFTI_PATTERNS
 
-__all__ = ["inference_config", "MASK_POSTFIX"]
+__all__ = ["datalist_expression", "inference_config"]
 
-#: masks are written as ``<case>_<postfix>.nii.gz``, as ``medkd bcp predict`` names them
-MASK_POSTFIX = "seg"
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to the method that owns them (old import paths keep working)."""
+    if name == "MASK_POSTFIX":
+        from medkd.methods.bcp import bundle
+
+        return bundle.MASK_POSTFIX
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def datalist_expression(patterns: Sequence[str]) -> str:
+    """The ``datalist`` id: the sorted files of ``dataset_dir`` matching ``patterns`` (glob patterns, in order).
+
+    Raises:
+        ValueError: no pattern, or a pattern with a quote or backslash (it is written into a ``$`` expression).
+
+    Example:
+        >>> datalist_expression(["*.png"])
+        "$sorted(glob.glob(os.path.join(@dataset_dir, '*.png')))"
+    """
+    if not patterns or any(set(p) & {"'", '"', "\\"} for p in patterns):
+        raise ValueError(f"input patterns must be plain glob patterns, got {list(patterns)!r}")
+    globs = " + ".join(f"glob.glob(os.path.join(@dataset_dir, '{p}'))" for p in patterns)
+    return f"$sorted({globs})"
 
 
 def inference_config(
-    net: str, in_channels: int, spec: SegmentationSpec, net_kwargs: dict[str, Any] | None = None
+    network_def: dict[str, Any],
+    *,
+    inferer: dict[str, Any],
+    preprocessing: Sequence[dict[str, Any]],
+    postprocessing: Sequence[dict[str, Any]],
+    input_patterns: Sequence[str] = NIFTI_PATTERNS,
 ) -> dict[str, Any]:
-    """The ``inference.json`` content for a registered network run by ``spec``.
+    """The ``inference.json`` content for a registered network.
 
     Args:
-        net: registry name (``medkd.nets.list_nets()``).
-        in_channels: network input channels (the recipe segments single-channel volumes).
-        spec: the inference recipe (``SegmentationSpec.to_dict()`` is stored on the inferer).
-        net_kwargs: further ``create_net`` arguments.
+        network_def: ``medkd.nets.create_net`` arguments (``name`` and the network's own, e.g. ``in_channels``).
+        inferer: the ``inferer`` component.
+        preprocessing: transforms of ``preprocessing`` (applied to ``{"image": file}``).
+        postprocessing: transforms of ``postprocessing`` (applied to the evaluator's output, ``pred``).
+        input_patterns: files of ``dataset_dir`` to run on.
 
     Returns:
         A JSON-ready dict.
@@ -51,39 +78,16 @@ def inference_config(
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "$@bundle_root + '/data'",
-        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii.gz')) + "
-        "glob.glob(os.path.join(@dataset_dir, '*.nii')))",
-        "network_def": {
-            "_target_": "medkd.nets.create_net",
-            "name": net,
-            "in_channels": in_channels,
-            "out_channels": spec.num_classes,
-            **(net_kwargs or {}),
-        },
+        "datalist": datalist_expression(input_patterns),
+        "network_def": {"_target_": "medkd.nets.create_net", **network_def},
         "network": "$@network_def.to(@device)",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True,
-                 "dtype": "$numpy.float32"},
-                {"_target_": "EnsureChannelFirstd", "keys": "image", "channel_dim": "no_channel"},
-            ],
-        },
+        "preprocessing": {"_target_": "Compose", "transforms": list(preprocessing)},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
         "dataloader": {
             "_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0,
         },
-        "inferer": {"_target_": "medkd.bundle.components.SegmentationInferer", "spec": spec.to_dict()},
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {
-                    "_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
-                    "output_postfix": MASK_POSTFIX, "output_ext": ".nii.gz", "output_dtype": "$numpy.uint8",
-                    "resample": False, "separate_folder": False, "writer": "NibabelWriter", "print_log": False,
-                },
-            ],
-        },
+        "inferer": dict(inferer),
+        "postprocessing": {"_target_": "Compose", "transforms": list(postprocessing)},
         "checkpointloader": {
             "_target_": "CheckpointLoader", "load_path": f"$@bundle_root + '/{WEIGHTS}'",
             "load_dict": {"model": "@network"}, "map_location": "@device",

@@ -6,8 +6,8 @@ loaded into torch. It says whether the configs pass medkd's trust check (:mod:`m
 medkd will load the bundle without ``--trust-bundle``.
 
 Example:
-    >>> print(bundle_info("models/acdc_bcp"))  # doctest: +SKIP
-    acdc_bcp 0.1.0
+    >>> print(bundle_info("models/my_model"))  # doctest: +SKIP
+    my_model 0.1.0
     ...
 """
 
@@ -54,19 +54,23 @@ def _label_lines(labels: Any) -> list[str]:
     return lines
 
 
-def _run_lines(path: Path) -> list[str]:
+def _run_lines(path: Path, kind: str, image_pred: bool) -> list[str]:
+    """The commands that run and check the bundle; ``verify_net_in_out`` only when ``pred`` is an image."""
     b = shlex.quote(str(path))
+    net_in_out = [
+        f"  python -m monai.bundle verify_net_in_out network_def --meta_file {b}/{METADATA} \\",
+        f"      --config_file {b}/{INFERENCE} --n 1 --device cpu",
+    ] if image_pred else []
     return [
         "How to run (research use only):",
         f"  medkd pipeline run pipelines/<pipeline>.yaml -i DICOM_DIR -o OUT_DIR --model {b}",
         f"  python -m monai.bundle run --config_file {b}/{INFERENCE} --meta_file {b}/{METADATA} \\",
         f"      --bundle_root {b} --dataset_dir NIFTI_DIR --output_dir OUT_DIR",
-        f"  python -m monai.bundle verify_net_in_out network_def --meta_file {b}/{METADATA} \\",
-        f"      --config_file {b}/{INFERENCE} --n 1 --device cpu",
+        *net_in_out,
         f"  python -m monai.bundle verify_metadata --meta_file {b}/{METADATA} \\",
         f"      --filepath {shlex.quote(str(SCHEMA_PATH))}",
         f"  medkd bundle verify {b}",
-        f"  Python: medkd.engine.predictor.load_predictor({str(path)!r})(volume_zyx) -> uint8 mask",
+        f"  Python: medkd.engine.predictor.load_predictor({str(path)!r}) -> a {kind} predictor",
     ]
 
 
@@ -93,7 +97,7 @@ def bundle_info(path: str | Path) -> str:
     """A human-readable description of a bundle folder.
 
     Covers name, version, task, description, intended use (research only), whether its configs pass medkd's trust
-    check, labels, the network's input and output tensors, the medkd provenance (method, dataset, run, recipe), how
+    check, labels, the network's input and output tensors, the medkd provenance (kind, method, run, recipe), how
     to run it and its files. Nothing in the bundle is run.
 
     Raises:
@@ -117,19 +121,22 @@ def bundle_info(path: str | Path) -> str:
         *trust_lines,
     ]
     if medkd_block:
-        spec = _mapping(medkd_block.get("segmentation_spec"))
-        lines += [
-            f"Model: {medkd_block.get('method')} on {medkd_block.get('dataset')} layout, net {medkd_block.get('net')}, "
-            f"run {medkd_block.get('run')} ({medkd_block.get('stage')}/{medkd_block.get('checkpoint')}, "
-            f"iteration {medkd_block.get('iteration')})",
-            f"Inference: {spec.get('mode')} patch {spec.get('patch')} stride {spec.get('stride')}, "
-            f"intensity {spec.get('intensity')}, axes {spec.get('axes')}",
-            f"Weights sha256: {medkd_block.get('weights_sha256')}",
-        ]
+        dataset = f" on {medkd_block['dataset']} layout" if medkd_block.get("dataset") else ""
+        lines.append(
+            f"Model: {medkd_block.get('kind', '?')} by {medkd_block.get('method')}{dataset}, net "
+            f"{medkd_block.get('net')}, run {medkd_block.get('run')} ({medkd_block.get('stage')}/"
+            f"{medkd_block.get('checkpoint')}, iteration {medkd_block.get('iteration')})"
+        )
+        for key, recipe in medkd_block.items():  # the method's recipe blocks (e.g. segmentation_spec)
+            if key != "config" and isinstance(recipe, dict):
+                lines.append(f"Inference ({key}): " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
+        lines.append(f"Weights sha256: {medkd_block.get('weights_sha256')}")
     lines += ["Labels (value: name (code)):", *_label_lines(meta.get("label_classes"))]
     lines += ["Network input/output:", *_tensor_lines("input", nd.get("inputs")),
               *_tensor_lines("output", nd.get("outputs"))]
-    lines += _run_lines(path) if trusted else [
+    pred = _mapping(_mapping(nd.get("outputs")).get("pred"))
+    kind = str(medkd_block.get("kind", "segmentation"))
+    lines += _run_lines(path, kind, pred.get("type", "image") == "image") if trusted else [
         "How to run: not shown, every way of running it (medkd, python -m monai.bundle) would run the refused code",
     ]
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())

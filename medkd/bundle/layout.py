@@ -7,7 +7,7 @@ A bundle folder (``models/<snake_name>/``)::
     configs/metadata.json     versions, task, labels, network_data_format (``image`` -> ``pred``), medkd block
     configs/inference.json    ``python -m monai.bundle run`` workflow (medkd components)
     configs/logging.conf      logging for ``monai.bundle run``
-    models/model.pt           the student's state_dict (``torch.load(weights_only=True)``)
+    models/model.pt           the exported network's state_dict (``torch.load(weights_only=True)``)
     models/model.ts           TorchScript, only with ``torchscript=True``
     docs/README.md            model card (model-zoo headings)
     docs/data_license.txt     terms of the training data, when the dataset has any
@@ -16,10 +16,25 @@ A bundle folder (``models/<snake_name>/``)::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from medkd.methods.bundle_spec import INTENDED_USE
 
 __all__ = [
-    "SCHEMA_PATH", "TEMPLATES_DIR", "SCHEMA_URL", "METADATA", "INFERENCE", "LOGGING", "WEIGHTS", "TORCHSCRIPT",
-    "README", "LICENSE", "DATA_LICENSE", "REQUIRED_FILES", "HIDDEN_DEPENDENCIES", "INTENDED_USE", "BCP_REFERENCE",
+    "DATA_LICENSE",
+    "HIDDEN_DEPENDENCIES",
+    "INFERENCE",
+    "INTENDED_USE",
+    "LICENSE",
+    "LOGGING",
+    "METADATA",
+    "README",
+    "REQUIRED_FILES",
+    "SCHEMA_PATH",
+    "SCHEMA_URL",
+    "TEMPLATES_DIR",
+    "TORCHSCRIPT",
+    "WEIGHTS",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -51,9 +66,11 @@ HIDDEN_DEPENDENCIES: dict[str, tuple[str, str]] = {
     "yaml": ("PyYAML", "YAML configs"),
 }
 
-INTENDED_USE = "Research use only. Not for diagnostic use: not a medical device, not validated for clinical decisions."
 
-BCP_REFERENCE = (
-    "Bai Y., Chen D., Li Q., Shen W., Wang Y. Bidirectional Copy-Paste for Semi-Supervised Medical Image "
-    "Segmentation. CVPR 2023. https://arxiv.org/abs/2305.00673"
-)
+def __getattr__(name: str) -> Any:
+    """Names that moved to the method that owns them (old import paths keep working)."""
+    if name == "BCP_REFERENCE":
+        from medkd.methods.bcp import bundle
+
+        return bundle.BCP_REFERENCE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

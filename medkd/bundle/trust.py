@@ -13,10 +13,12 @@ look up what a name means. :func:`require_trusted` is the gate every loader pass
 Grammar (everything else is refused):
 
 - keys: plain names; no ``#``/``::`` id paths and no ``+`` merges (MONAI applies those anywhere in the config).
-- ``_target_``: a plain string naming a component: a class or function defined under ``medkd.nets`` or
-  ``medkd.bundle.components``, or a class defined under ``monai.transforms``, ``monai.inferers``,
-  ``monai.handlers``, ``monai.engines`` or ``monai.data``, except the datasets that unpickle cache files. A bare
-  name (``"LoadImaged"``) must resolve there through MONAI's ``ComponentLocator``, as MONAI resolves it.
+- ``_target_``: a plain string naming a component: a class or function defined under ``medkd.nets``,
+  ``medkd.bundle.components`` or a module prefix a registered method's bundle spec lists
+  (:attr:`~medkd.methods.bundle_spec.BundleSpec.component_modules`: installed code), or a class defined under
+  ``monai.transforms``, ``monai.inferers``, ``monai.handlers``, ``monai.engines`` or ``monai.data``, except the
+  datasets that unpickle cache files. A bare name (``"LoadImaged"``) must resolve there through MONAI's
+  ``ComponentLocator``, as MONAI resolves it.
   ``_mode_``: ``default``. ``_requires_``, ``_disabled_`` and ``_desc_`` are checked as any value.
 - ``reader``, ``writer`` and ``merger_cls`` strings: a class that MONAI finds under that name in ``monai.data``
   (``monai.inferers.merger``), else a component as above; ``weights_only`` must be ``true`` and ``allow_pickle``
@@ -64,8 +66,17 @@ from medkd.bundle.layout import INFERENCE, LOGGING, METADATA
 from medkd.errors import DataError, UntrustedBundleError
 
 __all__ = [
-    "Refusal", "check_bundle_trust", "require_trusted", "refusals_in_config", "TRUST_HINT", "IMPORTS", "SAFE_NAMES",
-    "MONAI_PREFIXES", "MEDKD_PREFIXES", "component_problem",
+    "IMPORTS",
+    "MEDKD_PREFIXES",
+    "MONAI_PREFIXES",
+    "SAFE_NAMES",
+    "TRUST_HINT",
+    "Refusal",
+    "check_bundle_trust",
+    "component_problem",
+    "medkd_prefixes",
+    "refusals_in_config",
+    "require_trusted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,7 +108,6 @@ _CUDNN_FLAGS = frozenset({"benchmark", "deterministic"})
 #: keys whose strings MONAI imports by name, and the module it looks in first
 _NAME_KEYS = {"reader": "monai.data", "writer": "monai.data", "merger_cls": "monai.inferers.merger"}
 _MODES = frozenset({"default"})  # "callable" would hand a class (or partial) on, "debug" starts pdb
-_ALLOWED = "medkd.nets, medkd.bundle.components, monai.transforms|inferers|handlers|engines|data"
 _REF_NAME = "__local_refs"  # MONAI replaces "@id" in an expression with __local_refs['id']
 _ID_SEP = "::"
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -149,7 +159,7 @@ def _resolve(name: str) -> Any:
     parts = name.split(".")
     for i in range(len(parts), 0, -1):
         module_name = ".".join(parts[:i])
-        if module_name not in sys.modules and not _under(module_name, MONAI_PREFIXES + MEDKD_PREFIXES):
+        if module_name not in sys.modules and not _under(module_name, MONAI_PREFIXES + medkd_prefixes()):
             continue
         try:
             obj: Any = importlib.import_module(module_name)
@@ -164,6 +174,18 @@ def _resolve(name: str) -> Any:
     return None
 
 
+def medkd_prefixes() -> tuple[str, ...]:
+    """:data:`MEDKD_PREFIXES` plus the ``component_modules`` of the bundle specs registered in this process."""
+    from medkd.methods.bundle_spec import BUNDLE_SPECS
+
+    extra = {prefix for name in BUNDLE_SPECS for prefix in BUNDLE_SPECS.get(name).component_modules}
+    return MEDKD_PREFIXES + tuple(sorted(extra - set(MEDKD_PREFIXES)))
+
+
+def _allowed() -> str:
+    return ", ".join((*medkd_prefixes(), "monai.transforms|inferers|handlers|engines|data"))
+
+
 def _object_problem(name: str, obj: Any) -> str | None:
     from monai.data import PersistentDataset
 
@@ -174,12 +196,11 @@ def _object_problem(name: str, obj: Any) -> str | None:
         if issubclass(obj, PersistentDataset):
             return f"names {name}, a dataset that unpickles cache files"
         return None
-    if _under(module, MEDKD_PREFIXES) and (inspect.isclass(obj) or inspect.isfunction(obj)):
+    if _under(module, medkd_prefixes()) and (inspect.isclass(obj) or inspect.isfunction(obj)):
         return None
-    return f"names {name}, defined in {module or 'no module'}, outside the allowlist ({_ALLOWED})"
+    return f"names {name}, defined in {module or 'no module'}, outside the allowlist ({_allowed()})"
 
 
-@functools.lru_cache(maxsize=512)
 def component_problem(name: str) -> str | None:
     """Why ``name`` may not be a ``_target_``; None if it is an allowlisted component.
 
@@ -189,6 +210,12 @@ def component_problem(name: str) -> str | None:
         >>> component_problem("subprocess.run")[:44]
         'names subprocess.run, outside the allowlist '
     """
+    return _component_problem(name, medkd_prefixes())
+
+
+@functools.lru_cache(maxsize=512)
+def _component_problem(name: str, prefixes: tuple[str, ...]) -> str | None:
+    """:func:`component_problem` for the allowlist of the moment (``prefixes``: medkd's, cached per allowlist)."""
     if not _DOTTED.fullmatch(name):
         return f"{name!r} is not a Python name"
     if any(part.startswith("_") for part in name.split(".")):
@@ -202,8 +229,8 @@ def component_problem(name: str) -> str | None:
             if problem:
                 return problem
         return None
-    if not _under(name, MONAI_PREFIXES + MEDKD_PREFIXES):
-        return f"names {name}, outside the allowlist ({_ALLOWED})"
+    if not _under(name, MONAI_PREFIXES + prefixes):
+        return f"names {name}, outside the allowlist ({_allowed()})"
     obj = _resolve(name)
     return f"names {name}, which does not exist" if obj is None else _object_problem(name, obj)
 
@@ -636,6 +663,20 @@ def refusals_in_config(config: dict[str, Any], file: str = INFERENCE,
     return _Checker(files, {**config, "_meta_": meta or {}}).run()
 
 
+def _register_method(meta: dict[str, Any]) -> None:
+    """Import the bundle spec of the method the metadata names (installed code under ``medkd.methods``, or a
+    ``METHODS`` record), so its ``component_modules`` count; nothing from the bundle runs."""
+    from medkd.methods.bundle_spec import find_bundle_spec
+
+    info = meta.get("medkd") if isinstance(meta.get("medkd"), dict) else {}
+    method = info.get("method")
+    if isinstance(method, str):
+        try:
+            find_bundle_spec(method)
+        except ImportError as err:
+            logger.warning("the bundle spec of method %r cannot be imported: %s", method, err)
+
+
 def check_bundle_trust(path: str | Path) -> list[Refusal]:
     """Every config value of a bundle folder that would run code outside the allowlist (module docstring).
 
@@ -649,6 +690,7 @@ def check_bundle_trust(path: str | Path) -> list[Refusal]:
     """
     path = Path(path)
     meta = read_metadata(path) if (path / METADATA).is_file() else {}
+    _register_method(meta)
     inference: Any = {}
     files = []
     for file in config_files(path):

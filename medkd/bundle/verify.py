@@ -15,8 +15,12 @@ Checks, in order (each a :class:`CheckResult`; later checks are skipped, failing
 5. ``changelog``: the ``changelog`` has an entry for ``version``;
 6. ``properties``: ``ConfigWorkflow(..., workflow_type="inference").check_properties() == []``;
 7. ``net_in_out``: ``verify_net_in_out``'s test (a random ``(1, C, *spatial)`` input with ``n = p = 1``; output
-   channels and dtype as in ``pred``), for image outputs;
+   channels and dtype as in ``pred``), for image outputs; a ``pred`` of ``type: object, format: dict`` (detection)
+   is checked instead for ``boxes``, ``labels`` and ``scores`` per image (``pred_dict``);
 8. ``weights``: ``models/model.pt`` loads with ``torch.load(weights_only=True)`` and fits ``network_def``.
+
+Checks the bundle's method says do not apply (its :attr:`~medkd.methods.bundle_spec.BundleSpec.skip_checks`,
+found through metadata ``medkd.method``) pass as skipped, saying so.
 
 A config that is not valid JSON, not an object, or an ``inference.json`` without ``network_def`` raises
 :class:`~medkd.errors.DataError` (``medkd bundle verify`` exits 2).
@@ -42,7 +46,7 @@ from typing import Any
 
 from medkd.bundle.layout import HIDDEN_DEPENDENCIES, INFERENCE, METADATA, REQUIRED_FILES, SCHEMA_PATH, WEIGHTS
 
-__all__ = ["CheckResult", "verify_bundle", "fake_spatial_shape"]
+__all__ = ["CheckResult", "fake_spatial_shape", "verify_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +225,9 @@ def _net_in_out_check(meta: dict[str, Any], network: Any) -> CheckResult:
             output = network(torch.rand(*shape, dtype=in_dtype))
     except Exception as err:  # noqa: BLE001 - the network failing on the declared input is the finding
         return CheckResult("net_in_out", False, f"forward of a {image.get('spatial_shape')} input failed: {err}")
+    if not isinstance(output, torch.Tensor) or output.ndim < 2:
+        return CheckResult("net_in_out", False, f"output is a {type(output).__name__}, not a (B, C, ...) tensor as "
+                                                f"pred of type 'image' says")
     if output.shape[1] != pred.get("num_channels") or output.dtype != out_dtype:
         return CheckResult(
             "net_in_out", False,
@@ -228,6 +235,45 @@ def _net_in_out_check(meta: dict[str, Any], network: Any) -> CheckResult:
             f"{pred.get('dtype')}",
         )
     return CheckResult("net_in_out", True, f"input {shape} -> output {tuple(output.shape)} {output.dtype}")
+
+
+_DICT_KEYS = ("boxes", "labels", "scores")
+
+
+def _dict_output_check(image: dict[str, Any], network: Any) -> CheckResult:
+    """A detector's output on a random input: a dict (or a list of dicts, one per image) with boxes, labels, scores."""
+    import torch
+    from monai.utils import get_equivalent_dtype
+
+    try:
+        shape = (1, int(image["num_channels"]), *fake_spatial_shape(image["spatial_shape"]))
+        network = network.to("cpu").eval()
+        with torch.no_grad():
+            output = network(torch.rand(*shape, dtype=get_equivalent_dtype(image["dtype"], torch.Tensor)))
+    except Exception as err:  # noqa: BLE001 - the network failing on the declared input is the finding
+        return CheckResult("pred_dict", False, f"forward of a {image.get('spatial_shape')} input failed: {err}")
+    items = output if isinstance(output, (list, tuple)) else [output]
+    missing = sorted({k for item in items for k in _DICT_KEYS if not isinstance(item, dict) or k not in item})
+    if not items or missing:
+        return CheckResult("pred_dict", False, f"output per image must be a dict with {', '.join(_DICT_KEYS)}; "
+                                               f"missing {', '.join(missing) or 'every image'}")
+    return CheckResult("pred_dict", True, f"input {shape} -> {len(items)} dict(s) with {', '.join(_DICT_KEYS)}")
+
+
+def _skipped(meta: dict[str, Any]) -> tuple[str | None, frozenset[str]]:
+    """(method, the checks its bundle spec skips); (None, nothing) for a bundle of no known method."""
+    from medkd.methods.bundle_spec import find_bundle_spec
+
+    info = meta.get("medkd") if isinstance(meta.get("medkd"), dict) else {}
+    method = info.get("method")
+    if not isinstance(method, str):
+        return None, frozenset()
+    try:
+        spec = find_bundle_spec(method)
+    except ImportError as err:
+        logger.warning("the bundle spec of method %r cannot be imported (%s): running every check", method, err)
+        return method, frozenset()
+    return method, spec.skip_checks if spec is not None else frozenset()
 
 
 def _weights_check(path: Path, network: Any) -> CheckResult:
@@ -308,9 +354,27 @@ def _run_checks(path: Path, schema: Path, trust: bool = False) -> list[CheckResu
     if not trusted.ok:
         return results + [CheckResult(name, False, "not run: the configs hold refused code (see trust)")
                           for name in _PARSING_CHECKS]
-    results.append(_properties_check(path))
+    method, skip = _skipped(meta)
+
+    def skipped(name: str) -> CheckResult:
+        return CheckResult(name, True, f"skipped: does not apply to bundles of method {method!r}")
+
+    results.append(skipped("properties") if "properties" in skip else _properties_check(path))
     try:
         network = parse_bundle(path, ("network_def",), trust=True)["network_def"]  # checked above (or trusted)
     except DataError as err:
         return results + [CheckResult("net_in_out", False, err.problem), CheckResult("weights", False, "no network")]
-    return results + [_net_in_out_check(meta, network), _weights_check(path, network)]
+    image, pred = _tensor(meta, "inputs", "image"), _tensor(meta, "outputs", "pred")
+    if pred.get("type") == "object" and pred.get("format") == "dict":
+        results += [CheckResult("net_in_out", True, "skipped: pred is a dict per image (detection), as model-zoo "
+                                                    "does; see pred_dict"), _dict_output_check(image, network)]
+    else:
+        results.append(skipped("net_in_out") if "net_in_out" in skip else _net_in_out_check(meta, network))
+    return results + [skipped("weights") if "weights" in skip else _weights_check(path, network)]
+
+
+def _tensor(meta: dict[str, Any], group: str, name: str) -> dict[str, Any]:
+    """``network_data_format[group][name]``, or an empty dict."""
+    nd = meta.get("network_data_format")
+    found = nd.get(group, {}).get(name) if isinstance(nd, dict) and isinstance(nd.get(group), dict) else None
+    return found if isinstance(found, dict) else {}

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ``medkd`` command: a subcommand per application, each a thin layer over one :mod:`medkd.api` call.
 
-Each module here adds its subcommand with ``add_parser(subparsers)`` and sets ``handler`` (see
-:data:`COMMANDS`). Heavy libraries are imported only inside handlers, so ``medkd --help`` is instant.
+Every registered method (:data:`medkd.methods.METHODS`, plugins included) adds its own subcommand through its
+``Method.cli`` (``medkd bcp train|eval|predict``); the tools shared by all methods follow (:data:`COMMANDS`). Each
+adds its subcommand with ``add_parser(subparsers)`` and sets ``handler``. Heavy libraries are imported only inside
+handlers, so ``medkd --help`` is instant.
 
 Exit codes: 0 done (skips allowed), 1 fatal, 2 bad input (config, data, unknown names), 3 skipped or failed
 inputs under ``--strict``, 130 interrupted (training resumes with ``--resume``). Bad input never shows a traceback;
@@ -22,14 +24,35 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medkd import __version__
-from medkd.cli import app, bcp, bundle, demo, pipeline
+from medkd.cli import app, bundle, demo, pipeline
+from medkd.methods import get_method, list_methods
 
-__all__ = ["main", "build_parser", "crash_log_dir", "COMMANDS"]
+__all__ = ["main", "build_parser", "add_method_parsers", "crash_log_dir", "COMMANDS"]
 
 logger = logging.getLogger("medkd")
 
-#: subcommand modules, in help order
-COMMANDS = (bcp, pipeline, bundle, app, demo)
+#: subcommand modules shared by every method, in help order (after the methods' own subcommands)
+COMMANDS = (pipeline, bundle, app, demo)
+
+
+def add_method_parsers(sub: argparse._SubParsersAction) -> list[str]:
+    """Add each registered method's subcommand (``Method.cli``), sorted by name; returns the methods added.
+
+    A method whose subcommand cannot be added (a broken plugin: its module does not import, its function raises)
+    is logged and left out; the other commands still work.
+    """
+    added = []
+    for name in list_methods():
+        method = get_method(name)
+        if method.cli is None:
+            continue
+        try:
+            method.resolve("cli")(sub)
+        except Exception as err:  # noqa: BLE001 - one broken method must not take the whole command down
+            logger.warning("method %r left out of the command line: %s: %s", name, type(err).__name__, err)
+            continue
+        added.append(name)
+    return added
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_method_parsers(sub)
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

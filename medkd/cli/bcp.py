@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``medkd bcp train|eval|predict``: Bidirectional Copy-Paste semi-supervised segmentation."""
+"""``medkd bcp train|eval|predict``: Bidirectional Copy-Paste semi-supervised segmentation.
+
+BCP's ``Method.cli`` (:mod:`medkd.methods.bcp.method`): :func:`add_parser` adds the subcommand; each handler calls
+one :mod:`medkd.api` function.
+"""
 
 from __future__ import annotations
 

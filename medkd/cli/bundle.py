@@ -17,11 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bundle = sub.add_parser("bundle", help="export, verify and describe MONAI bundles")
     bsub = bundle.add_subparsers(dest="action", required=True)
     ex = bsub.add_parser("export", help="write a MONAI bundle from a medkd run")
-    ex.add_argument("--run", required=True, help="run folder written by 'medkd bcp train'")
+    ex.add_argument("--run", required=True, help="run folder written by a method's 'train' (e.g. 'medkd bcp train')")
     ex.add_argument("-o", "--output", required=True, help="bundle folder to write, e.g. models/acdc_bcp")
     ex.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint (default best)")
-    ex.add_argument("--stage", default=None, choices=("pretrain", "selftrain", "supervised"),
-                    help="export this stage's student instead of the run's final one")
+    ex.add_argument("--stage", default=None,
+                    help="export this stage's network instead of the run's final one: a stage of the run's method "
+                    "(its bundle spec lists them; a wrong one is an error listing them)")
     ex.add_argument("--version", dest="bundle_version", default="0.1.0", help="bundle version (default 0.1.0)")
     ex.add_argument("--torchscript", action="store_true", help="also write models/model.ts (a failure only warns)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``medkd pipeline run``: DICOM series in, DICOM SEG + NIfTI + JSON per series out, with a report."""
+"""``medkd pipeline run``: DICOM series in; per series the model kind's files out (segmentation: DICOM SEG + NIfTI;
+detection: DICOM SR + JSON/CSV; always ``result.json``), with a report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ __all__ = ["add_parser"]
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``pipeline`` and its actions."""
-    pipe = sub.add_parser("pipeline", help="DICOM batch pipelines (series in, DICOM SEG out)")
+    pipe = sub.add_parser("pipeline", help="DICOM batch pipelines (series in, DICOM SEG / SR out)")
     psub = pipe.add_subparsers(dest="action", required=True)
     run = psub.add_parser("run", help="run a pipeline YAML over a folder tree of DICOM studies")
     run.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo_ct.yaml")
@@ -23,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default=None, help="bundle or run folder (overrides the YAML's model)")
     run.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps (overrides the YAML)")
     run.add_argument("--overwrite", action="store_true", help="redo series already done")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="override a pipeline YAML field; dotted keys reach the outputs blocks "
+                          "(e.g. outputs.seg.type=labelmap, outputs.nifti.enabled=false)")
     run.add_argument("--trust-bundle", action="store_true",
                      help="run code in the model bundle's configs ($ expressions, _target_ outside medkd's "
                           "allowlist); only for bundles you trust")
@@ -36,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = api.pipeline_run(
         args.pipeline, args.input, args.output, workers=args.workers, shard=args.shard, model=args.model,
         device=args.device, overwrite=args.overwrite, progress=not args.quiet, trust_bundle=args.trust_bundle,
+        overrides=args.overrides,
     )
     print(summary.line())
     if args.strict and any(r.status in ("skipped", "failed") for r in summary.rows):

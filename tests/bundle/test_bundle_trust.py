@@ -23,6 +23,7 @@ from medkd.bundle.trust import refusals_in_config, require_trusted
 from medkd.cli import main
 from medkd.engine.predictor import SegmentationSpec, load_predictor
 from medkd.errors import DataError, UntrustedBundleError
+from medkd.methods.bcp.bundle import BCP_BUNDLE_SPEC, SEGMENTATION_INFERER
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning"),
@@ -145,6 +146,14 @@ def _hostile(bundle: Path, tmp_path: Path, edit: Edit) -> tuple[Path, Path]:
     return copy_, marker
 
 
+def _bcp_inference(net: str, in_channels: int, spec: SegmentationSpec) -> dict:
+    """``inference.json`` of a BCP bundle: BCP's transforms and segmentation inferer around a registered net."""
+    return inference_config({"name": net, "in_channels": in_channels, "out_channels": spec.num_classes},
+                            inferer={"_target_": SEGMENTATION_INFERER, "spec": spec.to_dict()},
+                            preprocessing=BCP_BUNDLE_SPEC.preprocessing(None),
+                            postprocessing=BCP_BUNDLE_SPEC.postprocessing(None))
+
+
 # ---- medkd's own exports are trusted --------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["2d", "3d"])
 def test_medkd_exports_pass_the_trust_check_and_load_without_the_flag(bundles, kind):
@@ -160,7 +169,7 @@ def test_inference_config_of_any_net_is_allowlisted(mode, patch):
     from medkd.nets import list_nets
 
     for net in list_nets():
-        assert refusals_in_config(inference_config(net, 1, SegmentationSpec(mode, 3, patch))) == [], net
+        assert refusals_in_config(_bcp_inference(net, 1, SegmentationSpec(mode, 3, patch))) == [], net
 
 
 # ---- hostile bundles: refused everywhere, nothing runs --------------------------------------------------------------
@@ -316,7 +325,7 @@ BENIGN_VALUES = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_VALUES))
 def test_grammar_refuses(name):
-    config = {**inference_config("bcp_unet2d_half", 1, SegmentationSpec("slices_2d", 4, (64, 64))),
+    config = {**_bcp_inference("bcp_unet2d_half", 1, SegmentationSpec("slices_2d", 4, (64, 64))),
               **copy.deepcopy(HOSTILE_VALUES[name])}
     refusals = refusals_in_config(config)
     assert refusals, name
@@ -325,7 +334,7 @@ def test_grammar_refuses(name):
 
 @pytest.mark.parametrize("name", sorted(BENIGN_VALUES))
 def test_grammar_allows(name):
-    config = {**inference_config("bcp_unet2d_half", 1, SegmentationSpec("slices_2d", 4, (64, 64))),
+    config = {**_bcp_inference("bcp_unet2d_half", 1, SegmentationSpec("slices_2d", 4, (64, 64))),
               **copy.deepcopy(BENIGN_VALUES[name])}
     assert refusals_in_config(config) == []
 

@@ -96,7 +96,7 @@ def test_output_folder_that_is_the_input_folder(capsys, setup):
 
 
 def test_trust_bundle_reaches_the_loader(capsys, setup, tmp_path, monkeypatch):
-    from medkd.engine import predictor as engine_predictor
+    import medkd.inference as engine_predictor  # where the runner looks load_predictor up
 
     yaml, root, _ = setup
     seen = []
@@ -135,7 +135,7 @@ def test_hostile_study_uid_exits_0_with_rows_and_nothing_outside(capsys, setup, 
 
     import pydicom
 
-    from medkd.engine import predictor as engine_predictor
+    import medkd.inference as engine_predictor  # where the runner looks load_predictor up
 
     yaml, root, _ = setup
     elsewhere = tmp_path / "elsewhere"
@@ -153,3 +153,42 @@ def test_hostile_study_uid_exits_0_with_rows_and_nothing_outside(capsys, setup, 
     assert "0 processed" in capsys.readouterr().out and not elsewhere.exists()
     report = (out / "medkd_report.csv").read_text()
     assert report.count("invalid_uid") == 3  # the series row and its two files
+
+
+def _fake_loader(path, device="auto", *, trust=False):
+    return Predictor(kind="segmentation", name="t", version="1", weights_sha256="0" * 64,
+                     labels=labels_from_names(["bg", "x"]), run=lambda a: (a > -2000).astype(np.uint8),
+                     source=Path(path))
+
+
+def test_set_reaches_the_outputs_blocks(capsys, setup, tmp_path, monkeypatch):
+    """Issue 9: ``--set outputs.seg.type=labelmap`` and ``--set outputs.nifti.enabled=false`` reach the blocks."""
+    import pydicom
+
+    import medkd.inference as engine_predictor  # where the runner looks load_predictor up
+
+    yaml, root, _ = setup
+    monkeypatch.setattr(engine_predictor, "load_predictor", _fake_loader)
+    out = tmp_path / "out"
+    argv = ["-q", "pipeline", "run", str(yaml), "-i", str(root), "-o", str(out), "--workers", "0",
+            "--set", "outputs.seg.type=labelmap", "--set", "outputs.nifti.enabled=false"]
+    assert main(argv) == 0
+    [folder] = [p.parent for p in out.glob("*/*/done.json")]
+    assert sorted(p.name for p in folder.iterdir()) == ["done.json", "result.json", "seg.dcm"]
+    assert pydicom.dcmread(folder / "seg.dcm").SegmentationType == "LABELMAP"
+
+
+@pytest.mark.parametrize("override, names", [
+    ("outputs.seg.tpye=labelmap", ["outputs.seg.tpye", "outputs.seg.type"]),
+    ("outputs.seg.type=fractional", ["outputs.seg.type", "fractional"]),
+    ("write_seg=false", []),  # the old key against the YAML's block: both named
+])
+def test_bad_set_is_one_line_naming_the_key_and_file(capsys, setup, tmp_path, override, names):
+    yaml, root, _ = setup
+    if override.startswith("write_seg"):
+        yaml.write_text(yaml.read_text() + "outputs: {seg: {enabled: true}}\n")
+        names = ["write_seg", "outputs.seg.enabled"]
+    err = _fails(capsys, ["pipeline", "run", str(yaml), "-i", str(root), "-o", str(tmp_path / "out"),
+                          "--set", override])
+    assert str(yaml) in err and all(name in err for name in names), err
+    assert not (tmp_path / "out").exists()

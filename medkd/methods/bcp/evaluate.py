@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medkd.metrics.seg import case_metrics, summarize_cases
-from medkd.metrics.seg_inference import predict_sliding_3d, predict_slices_2d
+from medkd.inference.segmentation import SegmentationSpec
 from medkd.methods.bcp.config import BCPConfig
 from medkd.methods.bcp.config import Dataset as DatasetName
+from medkd.metrics.seg import case_metrics, summarize_cases
 
-__all__ = ["predict_case", "validation_dice", "evaluate_cases", "class_names"]
+__all__ = ["predict_case", "validation_dice", "evaluate_cases", "class_names", "segmentation_spec"]
 
 
 def class_names(cfg: BCPConfig) -> list[str]:
@@ -38,17 +38,27 @@ def class_names(cfg: BCPConfig) -> list[str]:
     return names
 
 
-def predict_case(model: nn.Module, image: np.ndarray, cfg: BCPConfig, device: torch.device | str) -> np.ndarray:
-    """Label map of one volume: ACDC ``(S, H, W)`` slice by slice, LA ``(W, H, D)`` by sliding window."""
-    model.eval()
+def segmentation_spec(cfg: BCPConfig) -> SegmentationSpec:
+    """The run's inference recipe: ACDC slice by slice (min-max), LA/NIfTI by sliding window (z-score).
+
+    LA runs see a ``(z, y, x)`` volume as ``(x, y, z)``, the LA h5 layout; NIfTI-datalist runs were trained on
+    ``(z, y, x)`` arrays and see it as read. Evaluation (:func:`predict_case`), ``medkd bcp predict``, bundles and
+    pipelines all segment with it.
+    """
     if cfg.dataset == DatasetName.ACDC:
-        return predict_slices_2d(
-            model, image, patch=cfg.patch, num_classes=cfg.num_classes, batch_size=cfg.eval_batch_size, device=device
+        return SegmentationSpec(
+            "slices_2d", cfg.num_classes, tuple(cfg.patch), cfg.intensity, "zyx", batch_size=cfg.eval_batch_size
         )
-    labels, _ = predict_sliding_3d(
-        model, image, patch=cfg.patch, stride=cfg.sliding_stride, num_classes=cfg.num_classes, device=device
+    return SegmentationSpec(
+        "sliding_3d", cfg.num_classes, tuple(cfg.patch), cfg.intensity,
+        "xyz" if cfg.dataset == DatasetName.LA else "zyx", stride=tuple(cfg.sliding_stride),
     )
-    return labels
+
+
+def predict_case(model: nn.Module, image: np.ndarray, cfg: BCPConfig, device: torch.device | str) -> np.ndarray:
+    """Label map of one normalised volume in the network's axes: ACDC ``(S, H, W)`` slice by slice, LA
+    ``(W, H, D)`` by sliding window (:meth:`~medkd.inference.segmentation.SegmentationSpec.infer`)."""
+    return segmentation_spec(cfg).infer(model, image, device)
 
 
 def validation_dice(

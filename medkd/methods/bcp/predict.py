@@ -15,16 +15,17 @@ from torch import nn
 from medkd.config import config_from_dict
 from medkd.engine.checkpoint import load_checkpoint
 from medkd.errors import DataError
-from medkd.io.volume_io import list_inputs, output_name, read_volume, write_mask_like
-from medkd.methods.bcp.config import BCPConfig, Dataset
-from medkd.engine.predictor import Predictor, SegmentationSpec, file_sha256
+from medkd.inference import Predictor, file_sha256, resolve_device
 from medkd.io.labels import labels_from_names
-from medkd.methods.bcp.evaluate import class_names
-from medkd.methods.bcp.trainer import build_student, final_stage, resolve_device
+from medkd.io.volume_io import list_inputs, output_name, read_volume, write_mask_like
+from medkd.methods.bcp.config import BCPConfig
+from medkd.methods.bcp.evaluate import class_names, segmentation_spec
+from medkd.methods.bcp.trainer import METHOD, build_student, final_stage, run_device
+from medkd.runs import read_run_info
 
 __all__ = [
     "load_run", "load_run_config", "checkpoint_path", "segmentation_spec", "segment_array", "run_predictor",
-    "predict_paths",
+    "load_run_predictor", "predict_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,14 @@ def load_run_config(run: str | Path) -> BCPConfig:
     """The config a run was trained with (``RUN/config.yaml``), without loading any weights.
 
     Raises:
-        DataError: the folder is not a medkd run.
+        DataError: the folder is not a medkd run, or its ``run.json`` names another method.
     """
     cfg_file = Path(run) / "config.yaml"
     if not cfg_file.is_file():
         raise DataError(run, "not a medkd run folder (config.yaml is missing)")
+    method = read_run_info(run)["method"]  # a legacy folder without run.json is a BCP run
+    if method != METHOD:
+        raise DataError(run, f"a run of method {method!r} (run.json), not a BCP run: use 'medkd {method} ...'")
     return config_from_dict(BCPConfig, yaml.safe_load(cfg_file.read_text()) or {}, source=str(cfg_file))
 
 
@@ -69,24 +73,8 @@ def load_run(
     state = load_checkpoint(checkpoint_path(run, cfg, which, stage))
     model = build_student(cfg)
     model.load_state_dict(state["student"])
-    dev = torch.device(device) if device is not None else resolve_device(cfg)
+    dev = resolve_device(device) if device is not None else run_device(cfg)
     return cfg, model.to(dev).eval()
-
-
-def segmentation_spec(cfg: BCPConfig) -> SegmentationSpec:
-    """The run's inference recipe: ACDC slice by slice (min-max), LA/NIfTI by sliding window (z-score).
-
-    LA runs see a ``(z, y, x)`` volume as ``(x, y, z)``, the LA h5 layout; NIfTI-datalist runs were trained on
-    ``(z, y, x)`` arrays and see it as read.
-    """
-    if cfg.dataset == Dataset.ACDC:
-        return SegmentationSpec(
-            "slices_2d", cfg.num_classes, tuple(cfg.patch), cfg.intensity, "zyx", batch_size=cfg.eval_batch_size
-        )
-    return SegmentationSpec(
-        "sliding_3d", cfg.num_classes, tuple(cfg.patch), cfg.intensity, "xyz" if cfg.dataset == Dataset.LA else "zyx",
-        stride=tuple(cfg.sliding_stride),
-    )
 
 
 def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.ndarray:
@@ -97,7 +85,7 @@ def segment_array(model: nn.Module, cfg: BCPConfig, array: np.ndarray) -> np.nda
 def run_predictor(
     run: str | Path, which: str = "best", device: str | torch.device | None = None, *, stage: str | None = None
 ) -> Predictor:
-    """A :class:`~medkd.engine.predictor.Predictor` for a run's final (or ``stage``'s) student."""
+    """A :class:`~medkd.inference.Predictor` for a run's final (or ``stage``'s) student."""
     cfg, model = load_run(run, which, device, stage=stage)
     spec = segmentation_spec(cfg)
     ckpt = checkpoint_path(run, cfg, which, stage)
@@ -107,6 +95,13 @@ def run_predictor(
         run=lambda array: spec.segment(model, array), source=Path(run), spec=spec,
         metadata={"method": cfg.method.value, "dataset": cfg.dataset.value, "net": cfg.net},
     )
+
+
+def load_run_predictor(run: str | Path, device: str | torch.device | None = None, *, trust: bool = False) -> Predictor:
+    """BCP's ``Method.load_predictor``: the run's final student, best checkpoint (``trust`` is unused: a run folder
+    holds no code)."""
+    del trust
+    return run_predictor(run, "best", device)
 
 
 def predict_paths(

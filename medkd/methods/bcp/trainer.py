@@ -3,6 +3,7 @@
 
 Run folder layout (``--out RUN_DIR``)::
 
+    RUN_DIR/run.json                    {"method": "bcp", "kind": "segmentation", "medkd": version}
     RUN_DIR/config.yaml                 the resolved config (what was trained)
     RUN_DIR/pretrain/{best,last}.pt     stage 1 (BCP only), one checkpoint format
     RUN_DIR/selftrain/{best,last}.pt    stage 2: the deliverable student
@@ -32,6 +33,7 @@ from medkd.engine.loop import Engine, EngineConfig
 from medkd.engine.seeding import seed_everything
 from medkd.engine.task import TrainTask
 from medkd.errors import ConfigError
+from medkd.inference.devices import resolve_device
 from medkd.methods.bcp.config import BCPConfig, Method
 from medkd.methods.bcp.data import RunData, build_run_data, eval_cases, labeled_loader, two_stream_loader
 from medkd.methods.bcp.evaluate import class_names, validation_dice
@@ -39,30 +41,43 @@ from medkd.methods.bcp.masks import box_mask
 from medkd.methods.bcp.snapshots import save_mixed_snapshot
 from medkd.methods.bcp.steps import StepOptions, pretrain_step, selftrain_step, supervised_step
 from medkd.nets import create_net
+from medkd.runs import write_run_info
 
-__all__ = ["BCPStageTask", "train_bcp", "final_stage", "build_student", "resolve_device"]
+__all__ = ["BCPStageTask", "train_bcp", "final_stage", "build_student", "run_device", "METHOD", "KIND"]
 
 logger = logging.getLogger(__name__)
 
 PRETRAIN, SELFTRAIN, SUPERVISED = "pretrain", "selftrain", "supervised"
+#: what ``RUN/run.json`` says of a BCP run (the supervised baseline included)
+METHOD, KIND = "bcp", "segmentation"
 
 
-def resolve_device(cfg: BCPConfig, dist: DistInfo | None = None) -> torch.device:
-    """The run's device: the distributed rank's device, else ``cfg.device`` (``auto`` = CUDA if available)."""
+def run_device(cfg: BCPConfig, dist: DistInfo | None = None) -> torch.device:
+    """The run's device: the distributed rank's device, else ``cfg.device`` (``auto``: CUDA if available, no MPS)."""
     if dist is not None and dist.world_size > 1:
         return dist.device
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return resolve_device(cfg.device, mps=False)
 
 
-def build_student(cfg: BCPConfig) -> nn.Module:
-    """The registered network of ``cfg`` with ``in_channels``/``out_channels`` from the config."""
+def build_student(cfg: BCPConfig, *, channels_last: bool | None = None) -> nn.Module:
+    """The registered network of ``cfg`` with ``in_channels``/``out_channels`` from the config.
+
+    The one network builder of a BCP config (training, prediction, bundle export).
+
+    Args:
+        cfg: the run's config.
+        channels_last: put a 2D network in ``torch.channels_last`` memory format; default ``cfg.channels_last``
+            (3D networks never are). Bundle export passes ``False``.
+
+    Raises:
+        ConfigError: the patch is not a multiple of the network's size divisor.
+    """
     net = create_net(cfg.net, in_channels=cfg.in_channels, out_channels=cfg.num_classes)
     divisor = int(getattr(net, "size_divisor", 1) or 1)
     if any(p % divisor for p in cfg.patch):
         raise ConfigError(f"patch {list(cfg.patch)} must be a multiple of {divisor} for net {cfg.net!r}")
-    return net.to(memory_format=torch.channels_last) if _channels_last(cfg) else net
+    use = _channels_last(cfg) if channels_last is None else channels_last and cfg.spatial_dims == 2
+    return net.to(memory_format=torch.channels_last) if use else net
 
 
 def _channels_last(cfg: BCPConfig) -> bool:
@@ -187,12 +202,13 @@ def train_bcp(
 
 def _train(cfg: BCPConfig, data_root: Path, out: Path, dist: DistInfo, *, resume: bool, progress: bool) -> dict[str, Any]:
     seed_everything(cfg.seed + dist.rank, deterministic=cfg.deterministic)
-    device = resolve_device(cfg, dist)
+    device = run_device(cfg, dist)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"precision=fp16 needs a CUDA device (this run uses {device.type}); use precision=bf16")
     data = build_run_data(cfg, data_root)
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        write_run_info(out, method=METHOD, kind=KIND)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     progress = progress and dist.rank == 0
     summary: dict[str, Any] = {"method": cfg.method.value, "dataset": cfg.dataset.value, "stages": {}}

@@ -62,6 +62,21 @@ def test_2d_run_writes_one_checkpoint_format_and_learns(run_2d):
 
 
 @pytest.mark.slow
+def test_training_writes_run_json_and_the_run_loads_by_it(run_2d):
+    """``RUN/run.json`` names the method and kind; load_predictor dispatches on it to BCP's loader."""
+    import medkd
+    from medkd.inference import load_predictor
+
+    assert json.loads((run_2d / "run.json").read_text()) == {
+        "method": "bcp", "kind": "segmentation", "medkd": medkd.__version__,
+    }
+    predictor = load_predictor(run_2d, "cpu")
+    assert predictor.kind == "segmentation" and predictor.version == "run:selftrain/best"
+    volume = np.random.default_rng(0).random((3, 40, 48)).astype(np.float32)
+    predictor.check(predictor(volume), volume)
+
+
+@pytest.mark.slow
 def test_2d_eval_json_and_predict(run_2d, acdc_root, tmp_path):
     summary = api.bcp_eval(run_2d, acdc_root, split="test", json=tmp_path / "m.json", progress=False)
     written = json.loads((tmp_path / "m.json").read_text())
@@ -110,6 +125,7 @@ def test_supervised_baseline_uses_the_same_loop(acdc_root, tmp_path):
     ckpt = load_checkpoint(tmp_path / "supervised" / "last.pt")
     assert ckpt["iteration"] == 60 and ckpt["teacher"] is None
     assert not (tmp_path / "pretrain").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["method"] == "bcp"  # the baseline is a BCP run
 
 
 @pytest.mark.slow

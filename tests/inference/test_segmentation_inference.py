@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for medkd.metrics.seg_inference against loop ports of the BCP reference evaluation."""
+"""medkd.inference.segmentation: the BCP protocols against loop ports of the reference, SegmentationSpec recipes
+and its one 2D/3D dispatch (``infer``), which BCP evaluation and ``segment`` share."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from scipy.ndimage import zoom
 from skimage.measure import label as sk_label
 from torch import nn
 
-from medkd.metrics.seg_inference import (
+from medkd.inference.segmentation import (
+    SegmentationSpec,
     exact_overlaps,
-    largest_component,
+    labels_from_probs,
     predict_slices_2d,
     predict_sliding_3d,
 )
+from medkd.metrics.components import largest_component
 
 
 def _reference_lcc(mask: np.ndarray) -> np.ndarray:
@@ -209,3 +212,76 @@ def test_predict_slices_2d_matches_reference(shape, patch, batch_size: int, as_t
 def test_predict_slices_2d_rejects_bad_input(volume: np.ndarray, num_classes: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         predict_slices_2d(_Net2d(), volume, patch=(8, 8), num_classes=num_classes)
+
+
+class Constant(nn.Module):
+    """Logits favouring class 1 where the input is above its mean (channels: bg, fg)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = (x - x.mean()) * self.w
+        return torch.cat([torch.zeros_like(fg), fg], dim=1)
+
+
+def test_spec_round_trip_and_validation():
+    spec = SegmentationSpec("sliding_3d", 2, [16, 16, 8], "zscore", "xyz", stride=[4, 4, 2])
+    assert spec.patch == (16, 16, 8) and spec.spatial_dims == 3
+    assert SegmentationSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="mode"):
+        SegmentationSpec("slices_3d", 2, (8, 8))
+    with pytest.raises(ValueError, match="axes"):
+        SegmentationSpec("slices_2d", 2, (8, 8), axes="yxz")
+    with pytest.raises(TypeError):
+        SegmentationSpec.from_dict({**spec.to_dict(), "colour": 1})
+
+
+def test_slices_2d_segments_bright_region_and_keeps_shape():
+    spec = SegmentationSpec("slices_2d", 2, (16, 16), "minmax")
+    volume = np.zeros((3, 20, 24), np.float32)
+    volume[:, 5:15, 6:18] = 100.0
+    labels = spec.segment(Constant(), volume)
+    assert labels.shape == volume.shape and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, (volume > 50).astype(np.uint8))
+    assert spec.segment(Constant(), volume[0]).shape == (1, 20, 24)  # a 2D image is one slice
+    with pytest.raises(ValueError, match="shape"):
+        spec.segment(Constant(), np.zeros((2, 2, 2, 2), np.float32))
+
+
+def test_sliding_3d_with_xyz_axes_transposes_back():
+    spec = SegmentationSpec("sliding_3d", 2, (8, 8, 8), "zscore", "xyz", stride=(4, 4, 4), keep_largest=False)
+    volume = np.zeros((10, 12, 9), np.float32)
+    volume[2:6, 3:9, 1:5] = 10.0
+    labels = spec.segment(Constant(), volume)
+    assert labels.shape == volume.shape
+    np.testing.assert_array_equal(labels, (volume > 5).astype(np.uint8))
+
+
+@pytest.mark.parametrize("keep_largest", [True, False])
+def test_infer_is_the_protocols_dispatch(keep_largest: bool) -> None:
+    """``infer`` runs exactly the protocol of its mode with the spec's settings (the one 2D/3D dispatch)."""
+    net2d, image2d = _Net2d(), np.random.default_rng(1).random((3, 30, 26)).astype(np.float32)
+    spec2d = SegmentationSpec("slices_2d", 4, (24, 20), batch_size=2)
+    np.testing.assert_array_equal(
+        spec2d.infer(net2d, image2d), predict_slices_2d(net2d, image2d, patch=(24, 20), num_classes=4, batch_size=2)
+    )
+    net3d, image3d = _TupleNet3d(), _volume((12, 10, 9))
+    spec3d = SegmentationSpec("sliding_3d", 2, (8, 8, 4), stride=(4, 4, 2), keep_largest=keep_largest)
+    expected, _ = predict_sliding_3d(net3d, image3d, patch=(8, 8, 4), stride=(4, 4, 2), num_classes=2,
+                                     keep_largest=keep_largest)
+    np.testing.assert_array_equal(spec3d.infer(net3d, image3d, "cpu"), expected)
+    default_stride = SegmentationSpec("sliding_3d", 2, (8, 8, 4))  # half the patch
+    expected, _ = predict_sliding_3d(net3d, image3d, patch=(8, 8, 4), stride=(4, 4, 2), num_classes=2)
+    np.testing.assert_array_equal(default_stride.infer(net3d, image3d), expected)
+
+
+def test_labels_from_probs_threshold_argmax_and_components() -> None:
+    probs = np.zeros((2, 1, 7), np.float32)
+    probs[1, 0] = [0.9, 0.9, 0.1, 0.6, 0.1, 0.1, 0.1]
+    probs[0] = 1 - probs[1]
+    assert labels_from_probs(probs, keep_largest=False).tolist() == [[1, 1, 0, 1, 0, 0, 0]]
+    assert labels_from_probs(probs, keep_largest=True).tolist() == [[1, 1, 0, 0, 0, 0, 0]]
+    three = np.stack([np.full((1, 3), 0.2), np.array([[0.5, 0.1, 0.5]]), np.array([[0.3, 0.7, 0.3]])])
+    assert labels_from_probs(three, keep_largest=False).tolist() == [[1, 2, 1]]

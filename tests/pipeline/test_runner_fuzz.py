@@ -24,10 +24,10 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 
 from medkd.data.synthetic_dicom import write_dicom_series
-from medkd.engine.batch import PipelineConfig, run_pipeline
 from medkd.engine.predictor import Predictor
 from medkd.io.labels import labels_from_names
 from medkd.io.safe_paths import uid_problem
+from medkd.pipeline import PipelineConfig, run_pipeline
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONFIG = PipelineConfig(name="fuzz", selection=[])  # every image series

@@ -21,10 +21,10 @@ import pydicom
 import pytest
 
 from medkd.data.synthetic_dicom import write_dicom_series
-from medkd.engine.batch import PipelineConfig, run_pipeline
 from medkd.engine.predictor import Predictor
 from medkd.errors import UntrustedBundleError
 from medkd.io.labels import labels_from_names
+from medkd.pipeline import PipelineConfig, run_pipeline
 
 EVERYTHING = PipelineConfig(name="hostile", selection=[])
 REPO = Path(__file__).resolve().parents[2]
@@ -376,7 +376,7 @@ def test_stale_work_folders_are_cleared(tmp_path):
 
 
 def test_untrusted_bundle_stops_the_run_before_any_series(tmp_path, monkeypatch):
-    from medkd.engine import predictor as engine_predictor
+    import medkd.inference as engine_predictor  # where the runner looks load_predictor up
 
     root, out = tmp_path / "in", tmp_path / "out"
     write_dicom_series(root / "good", n_slices=3, rows=8, cols=8, seed=1)
@@ -405,7 +405,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from medkd.engine.batch import PipelineConfig, run_pipeline
+    from medkd.pipeline import PipelineConfig, run_pipeline
     from medkd.engine.predictor import Predictor
     from medkd.io.labels import labels_from_names
 

@@ -12,10 +12,10 @@ import pydicom
 import pytest
 
 from medkd.data.synthetic_dicom import write_dicom_series
-from medkd.engine.batch import PipelineConfig, in_shard, load_pipeline, parse_shard, resolve_model, run_pipeline
 from medkd.engine.predictor import Predictor
 from medkd.errors import ConfigError, DataError
 from medkd.io.labels import labels_from_names
+from medkd.pipeline import PipelineConfig, in_shard, load_pipeline, parse_shard, resolve_model, run_pipeline
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 REPO = Path(__file__).resolve().parents[2]
