@@ -89,8 +89,14 @@ def run_demo(
 
     import SimpleITK as sitk
 
-    from medkd import api
+    from medkd.bundle import export_bundle
+    from medkd.config import load_config
     from medkd.data.synthetic import write_synthetic_acdc
+    from medkd.methods.bcp.config import BCPConfig
+    from medkd.methods.bcp.eval_run import evaluate_run
+    from medkd.methods.bcp.predict import predict_paths
+    from medkd.methods.bcp.trainer import train_bcp
+    from medkd.pipeline import run_pipeline
     from medkd.io.overlay import save_overlay_png
     from medkd.metrics.seg import format_table
 
@@ -108,14 +114,14 @@ def run_demo(
     for name, run in runs.items():
         logger.info("2/6 training %s (%s)", name, preset)
         overrides = extra + (["method=supervised"] if name == "supervised" else [])
-        api.bcp_train(preset, data_root, run, overrides=overrides, resume=True, progress=progress)
+        train_bcp(load_config(BCPConfig, preset, overrides), data_root, run, resume=True, progress=progress)
         logger.info("3/6 evaluating %s on the test list", name)
-        metrics[name] = api.bcp_eval(run, data_root, split="test", json=run / "metrics_test.json", progress=progress)
+        metrics[name] = evaluate_run(run, data_root, split="test", json=run / "metrics_test.json", progress=progress)
         print(f"\n{name}:\n{format_table(metrics[name])}")
 
     logger.info("4/6 segmenting a NIfTI volume and drawing the overlay")
     nifti, image, label = _write_nifti_case(data_root, out / "inputs")
-    predictions = {name: api.bcp_predict(run, nifti, out / "predictions" / name)[0] for name, run in runs.items()}
+    predictions = {name: predict_paths(run, nifti, out / "predictions" / name)[0] for name, run in runs.items()}
     masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for name, p in predictions.items()}
     z = int(np.argmax((label > 0).sum(axis=(1, 2))))
     from medkd.methods.bcp.evaluate import class_names
@@ -131,12 +137,12 @@ def run_demo(
     )
     logger.info("5/6 exporting the BCP run and the baseline as MONAI bundles")
     models_dir = Path(models or os.environ.get("MEDKD_MODELS", "models"))
-    bundle = api.bundle_export(runs["bcp"], models_dir / DEMO_BUNDLE, overwrite=True)
-    api.bundle_export(runs["supervised"], models_dir / DEMO_BASELINE_BUNDLE, overwrite=True)
+    bundle = export_bundle(runs["bcp"], models_dir / DEMO_BUNDLE, overwrite=True)
+    export_bundle(runs["supervised"], models_dir / DEMO_BASELINE_BUNDLE, overwrite=True)
     logger.info("6/6 running the DICOM pipeline on a synthetic cine-MR series")
     dicom_in = _write_dicom_inputs(image, out / "dicom_in")
-    pipeline = api.pipeline_run(repo_file("pipelines/acdc_cine_mr.yaml"), dicom_in, out / "dicom_out", model=bundle,
-                                workers=0, progress=progress)
+    pipeline = run_pipeline(repo_file("pipelines/acdc_cine_mr.yaml"), dicom_in, out / "dicom_out", model=bundle,
+                            workers=0, progress=progress)
     segs = sorted(str(out / "dicom_out" / o) for r in pipeline.rows if r.kind == "series" for o in r.outputs
                   if o.endswith("seg.dcm"))
     summary = {
