@@ -18,14 +18,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from medkd.errors import ConfigError
-from medkd.io.overlay import LABEL_COLOURS
 
 __all__ = [
-    "Code", "LabelInfo", "KNOWN_CODES", "ANATOMICAL_STRUCTURE", "TISSUE", "labels_from_names", "labels_from_dicts",
+    "LABEL_COLOURS", "Code", "LabelInfo", "KNOWN_CODES", "ANATOMICAL_STRUCTURE", "TISSUE", "labels_from_names", "labels_from_dicts",
 ]
 
 Code = tuple[str, str, str]  # (scheme designator, code value, code meaning)
+
+#: display colours by label value: background, then distinct colours (RV red, Myo green, LV blue in ACDC order),
+#: then more for larger label sets (values past the table wrap around, skipping background)
+LABEL_COLOURS = np.array(
+    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240],
+     [245, 130, 48], [240, 50, 230], [210, 245, 60]],
+    dtype=np.uint8,
+)
 
 ANATOMICAL_STRUCTURE: Code = ("SCT", "91723000", "Anatomical Structure")
 TISSUE: Code = ("SCT", "85756007", "Tissue")

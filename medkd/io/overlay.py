@@ -14,14 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LABEL_COLOURS", "overlay_rgb", "save_overlay_png"]
+from medkd.io.labels import LABEL_COLOURS
 
-# bg, then distinct colours (RV red, Myo green, LV blue in ACDC order), then more for larger label sets
-LABEL_COLOURS = np.array(
-    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240],
-     [245, 130, 48], [240, 50, 230], [210, 245, 60]],
-    dtype=np.uint8,
-)
+__all__ = ["LABEL_COLOURS", "overlay_rgb", "save_overlay_png"]
 
 
 def overlay_rgb(
