@@ -1,10 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``models/zoo.yaml``: the bundles medkd knows, where they live and how to make them (nothing is downloaded).
+"""``models/zoo.yaml``: the bundles medkd knows, their kind, where they live and how to make them (nothing is
+downloaded).
+
+Each entry's ``kind`` is a model kind (:data:`medkd.inference.KINDS`: ``segmentation``, ``detection``,
+``forecasting``, or one a plugin registers); entries written before kinds existed have none and are
+``segmentation``. An unknown kind is a :class:`~medkd.errors.ConfigError` naming the file, the entry and the known
+kinds.
 
 Example:
-    >>> entries = load_zoo()  # doctest: +SKIP
-    >>> [(e.name, e.present) for e in entries]  # doctest: +SKIP
-    [('demo_acdc_bcp', True), ('acdc_bcp_5pct', False), ...]
+    >>> entries = load_zoo()
+    >>> all(e.kind in ("segmentation", "detection", "forecasting") for e in entries)
+    True
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import yaml
 from medkd.config import config_from_dict
 from medkd.errors import ConfigError
 
-__all__ = ["ZooEntry", "default_zoo_file", "models_root", "load_zoo"]
+__all__ = ["DEFAULT_KIND", "ZooEntry", "default_zoo_file", "load_zoo", "models_root"]
+
+#: the kind of an entry that names none (zoo files from before kinds)
+DEFAULT_KIND = "segmentation"
 
 
 @dataclass
@@ -27,6 +36,7 @@ class ZooEntry:
 
     Attributes:
         name: bundle name. path: folder under :func:`models_root` (or absolute). method: training method.
+        kind: model kind (``segmentation``, ``detection``, ``forecasting``; default ``segmentation``).
         task: what it segments/detects. trained_on: data and labels. modality: DICOM modality it expects.
         pipeline: the DICOM pipeline YAML that runs it. get: the command that makes it.
     """
@@ -34,6 +44,7 @@ class ZooEntry:
     name: str
     path: str
     method: str = ""
+    kind: str = DEFAULT_KIND
     task: str = ""
     trained_on: str = ""
     modality: str = ""
@@ -64,7 +75,13 @@ def default_zoo_file() -> Path:
 
 
 def load_zoo(path: str | Path | None = None) -> list[ZooEntry]:
-    """Entries of a zoo file (default :func:`default_zoo_file`); bad entries raise :class:`ConfigError`."""
+    """Entries of a zoo file (default :func:`default_zoo_file`).
+
+    Raises:
+        ConfigError: no file, no ``bundles:`` list, an unknown key or kind in an entry, or duplicate names.
+    """
+    from medkd.inference.kinds import KINDS, list_kinds
+
     path = Path(path) if path is not None else default_zoo_file()
     if not path.is_file():
         raise ConfigError(f"{path}: zoo file not found")
@@ -72,6 +89,10 @@ def load_zoo(path: str | Path | None = None) -> list[ZooEntry]:
     if not isinstance(data, dict) or not isinstance(data.get("bundles"), list):
         raise ConfigError(f"{path}: expected a 'bundles:' list")
     entries = [config_from_dict(ZooEntry, e, source=f"{path}: bundles[{i}]") for i, e in enumerate(data["bundles"])]
+    for i, entry in enumerate(entries):
+        if entry.kind not in KINDS:
+            raise ConfigError(f"{path}: bundles[{i}] ({entry.name}): unknown kind {entry.kind!r}; "
+                              f"known kinds: {', '.join(list_kinds())}")  # fmt: skip
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: bundle names must be unique, got {names}")

@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     app.add_argument("--address", default="localhost",
                      help="address to listen on (default localhost; 0.0.0.0 serves the network, with no login)")
     app.add_argument("--models", default=None, help="folder of bundles and zoo.yaml (sets $MEDKD_MODELS)")
-    app.add_argument("--headless", action="store_true", help="do not open a browser tab")
+    app.add_argument("--headless", action="store_true",
+                     help="no browser tab and no first-run prompt (automatic when stdin or stdout is not a terminal: "
+                          "nohup, a service manager, a container)")
     app.add_argument("--trust-bundle", action="store_true",
                      help="let the app run code in bundle configs ($ expressions, _target_ outside medkd's "
                           "allowlist; sets $MEDKD_TRUST_BUNDLES=1); only for bundles you trust")

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Turn what a user uploads to the app (or a bundled synthetic example) into a volume to segment and display.
+"""Turn what a user uploads to the app (or a bundled synthetic example) into an image, a volume or a video.
 
 :func:`load_upload` takes ``(file name, bytes)`` pairs, as ``st.file_uploader`` gives them, and sniffs the content,
 never the extension (DICOM files often have none, and a ``.nii.gz`` may arrive named ``gz``):
@@ -13,7 +13,13 @@ never the extension (DICOM files often have none, and a ``.nii.gz`` may arrive n
   truncated slice is refused, naming the slice;
 - **NIfTI** (``.nii`` or gzip-compressed, NIfTI-1 or -2, found by the header's size and magic) is read with
   :func:`medkd.io.volume_io.read_volume`;
-- **PNG/JPEG** becomes a greyscale ``(1, H, W)`` float32 image.
+- **PNG/JPEG** becomes a greyscale ``(1, H, W)`` float32 image;
+- **video** (MP4/MOV: an ISO base media ``ftyp`` box; AVI: ``RIFF....AVI ``) is decoded with OpenCV into
+  :class:`LoadedVideo` frames ``(T, H, W, 3)`` uint8 RGB, at the file's frame rate or a chosen ``fps`` (frames
+  dropped evenly), within the frame budget ``MAX_VIDEO_FRAMES`` (the first frames are kept and the note says so).
+
+Each decoded upload says what kind of input it is (:attr:`LoadedImage.input_kind`): ``"image2d"`` (one slice),
+``"volume"`` or ``"video"`` (:data:`INPUT_KINDS`); the app's views declare which they take.
 
 Files that are none of these are ignored when the rest of the upload is usable (``LoadedImage.note`` says so);
 they are never handed to pydicom. Every problem raises :class:`~medkd.errors.DataError` naming the file as the
@@ -49,7 +55,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +66,7 @@ from medkd.io.upload_limits import (
     ENV_PREFIX,
     MAX_DECODE_BYTES,
     MAX_DICOM_READS,
+    MAX_VIDEO_FRAMES,
     MAX_VOXELS,
     MAX_ZIP_BYTES,
     MAX_ZIP_MEMBERS,
@@ -82,12 +89,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_PREFIX",
+    "INPUT_KINDS",
     "MAX_DECODE_BYTES",
     "MAX_DICOM_READS",
+    "MAX_VIDEO_FRAMES",
     "MAX_VOXELS",
     "MAX_ZIP_BYTES",
     "MAX_ZIP_MEMBERS",
+    "Loaded",
     "LoadedImage",
+    "LoadedVideo",
     "UploadLimits",
     "load_upload",
     "loaded_from_dicom",
@@ -99,8 +110,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _HEAD = 544  # enough for a NIfTI-2 header (540) and the DICOM preamble (132)
-_KIND_WORDS = {"dicom": "DICOM", "nifti": "NIfTI", "image": "PNG/JPEG"}
-_NOT_SUPPORTED = "not a DICOM, NIfTI, PNG or JPEG file"
+_KIND_WORDS = {"dicom": "DICOM", "nifti": "NIfTI", "image": "PNG/JPEG", "video": "video"}
+_NOT_SUPPORTED = "not a DICOM, NIfTI, PNG, JPEG or video (MP4/AVI) file"
+
+#: what a decoded upload can be, in words: a view of the app says which of these its models take
+INPUT_KINDS: dict[str, str] = {"image2d": "a 2D image", "volume": "a volume", "video": "a video"}
 
 @dataclass
 class LoadedImage:
@@ -145,6 +159,7 @@ class LoadedImage:
         z, y, x = self.array.shape
         out = {
             "kind": _KIND_WORDS.get(self.kind, self.kind),
+            "input": self.input_kind,
             "modality": self.modality or "unknown",
             "size": f"{z} × {y} × {x}",
             "spacing": " × ".join(f"{s:.4g}" for s in self.spacing) + " mm",
@@ -158,6 +173,70 @@ class LoadedImage:
         if self.note:
             out["note"] = self.note
         return out
+
+    @property
+    def input_kind(self) -> str:
+        """``"image2d"`` for one slice (a PNG/JPEG or a 2D NIfTI/DICOM: ``(1, y, x)``), else ``"volume"``."""
+        return "image2d" if self.array.shape[0] == 1 else "volume"
+
+
+@dataclass
+class LoadedVideo:
+    """A decoded video upload: RGB frames at a known rate.
+
+    Attributes:
+        frames: uint8 ``(T, H, W, 3)`` RGB.
+        fps: frames per second of ``frames`` (the file's rate, or the rate asked for when frames were dropped).
+        source_fps: the file's own frame rate.
+        name: the uploaded file's name.
+        note: what the user should know (frames beyond the budget not read, files ignored), ``""`` if nothing.
+        n_files: files the video was read from (1).
+        folder: the fresh folder under ``workdir`` that holds the upload's files.
+        kind: ``"video"`` (the file kind, as :attr:`LoadedImage.kind`).
+    """
+
+    frames: np.ndarray
+    fps: float
+    source_fps: float
+    name: str
+    note: str = ""
+    n_files: int = 1
+    folder: Path | None = None
+    kind: str = "video"
+    modality: str = ""
+    dicom: None = field(default=None, repr=False)
+    ground_truth: None = field(default=None, repr=False)
+
+    @property
+    def input_kind(self) -> str:
+        """``"video"``."""
+        return "video"
+
+    @property
+    def array(self) -> np.ndarray:
+        """The frames (the same array as :attr:`frames`)."""
+        return self.frames
+
+    def info(self) -> dict[str, str]:
+        """Technical metadata for display: ``kind``, ``input``, ``frames``, ``size``, ``frame rate``, ``duration``,
+        ``files`` and ``note`` when there is one."""
+        t, h, w = self.frames.shape[:3]
+        out = {
+            "kind": "video",
+            "input": self.input_kind,
+            "frames": str(t),
+            "size": f"{h} × {w} (RGB)",
+            "frame rate": f"{self.fps:.4g} fps (file: {self.source_fps:.4g} fps)",
+            "duration": f"{t / self.fps:.4g} s" if self.fps > 0 else "unknown",
+            "files": str(self.n_files),
+        }
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+#: what :func:`load_upload` returns
+Loaded = LoadedImage | LoadedVideo
 
 
 # --------------------------------------------------------------------------------------------- sniffing
@@ -246,6 +325,8 @@ def _sniff(path: Path, upload: UploadFolder) -> tuple[str, str]:
         return "dicom", ""
     if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
         return "image", ""
+    if _video_container(head):
+        return "video", ""
     if head.startswith(b"\x1f\x8b"):
         try:
             with gzip.open(path, "rb") as f:
@@ -272,6 +353,15 @@ def _sniff(path: Path, upload: UploadFolder) -> tuple[str, str]:
     return "unknown", _NOT_SUPPORTED
 
 
+def _video_container(head: bytes) -> str:
+    """``"mp4"`` for an ISO base media file (MP4, MOV, M4V: an ``ftyp`` box first), ``"avi"`` for RIFF AVI, else ``""``."""
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    return ""
+
+
 _HEADER_ONLY = "a NIfTI header (.hdr) without its image; upload the single-file .nii or .nii.gz"
 
 
@@ -284,7 +374,8 @@ def sniff(path: str | Path, limits: UploadLimits | None = None) -> tuple[str, st
             :func:`upload_limits`.
 
     Returns:
-        ``(kind, detail)``: kind ``"dicom"``, ``"nifti"``, ``"nifti.gz"``, ``"image"`` (PNG/JPEG), ``"zip"``,
+        ``(kind, detail)``: kind ``"dicom"``, ``"nifti"``, ``"nifti.gz"``, ``"image"`` (PNG/JPEG), ``"video"``
+        (MP4/MOV/AVI), ``"zip"``,
         ``"empty"`` or ``"unknown"``; detail says why an unknown file cannot be used.
 
     Example:
@@ -461,7 +552,7 @@ def _check_decode(name: str, what: str, shape: Sequence[int], itemsize: int, lim
     """Refuse, before decoding, an array of ``shape`` whose voxels or decoding memory exceed the limits: the
     decoded array, a copy of it, and the float32 volume the app keeps (``2 x itemsize + 4`` bytes per voxel)."""
     voxels, dims = math.prod(shape), " × ".join(str(s) for s in shape)
-    unit = "pixels" if what == "image" else "voxels"
+    unit = "pixels" if what in ("image", "video frame") else "voxels"
     if voxels > limits.max_voxels:
         raise DataError(name, f"the {what} has {voxels:,} {unit} ({dims}), too many to decode; "
                               f"{limit_hint('max_voxels', f'{limits.max_voxels:,} {unit}')}")  # fmt: skip
@@ -473,7 +564,9 @@ def _check_decode(name: str, what: str, shape: Sequence[int], itemsize: int, lim
                               f"memory to decode; {limit_hint('max_decode_bytes', shown)}")  # fmt: skip
 
 
-def _load_dicom(items: Sequence[_Staged], name: str, notes: list[str], upload: UploadFolder) -> LoadedImage:
+def _load_dicom(
+    items: Sequence[_Staged], name: str, notes: list[str], upload: UploadFolder, **_: Any
+) -> LoadedImage:
     from medkd.io.dicom_scan import group_series, scan_file
     from medkd.io.dicom_volume import SeriesError, load_series_volume
 
@@ -522,7 +615,7 @@ def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
     return tuple(([1.0] * (3 - len(spacing)) + spacing)[-3:])  # type: ignore[return-value]
 
 
-def _load_nifti(item: _Staged, name: str, notes: list[str], upload: UploadFolder) -> LoadedImage:
+def _load_nifti(item: _Staged, name: str, notes: list[str], upload: UploadFolder, **_: Any) -> LoadedImage:
     from medkd.io.volume_io import read_volume
 
     compressed = item.kind == "nifti.gz"
@@ -561,7 +654,7 @@ def _band_bytes(mode: str) -> int:
     return 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
 
 
-def _load_picture(item: _Staged, name: str, notes: list[str], upload: UploadFolder) -> LoadedImage:
+def _load_picture(item: _Staged, name: str, notes: list[str], upload: UploadFolder, **_: Any) -> LoadedImage:
     import SimpleITK as sitk
     from PIL import Image, ImageOps
 
@@ -599,7 +692,78 @@ def _load_picture(item: _Staged, name: str, notes: list[str], upload: UploadFold
     )
 
 
-_LOADERS: dict[str, Callable[..., LoadedImage]] = {"dicom": _load_dicom, "nifti": _load_nifti, "image": _load_picture}
+def _load_video(
+    item: _Staged, name: str, notes: list[str], upload: UploadFolder, *, fps: float | None = None, **_: Any
+) -> LoadedVideo:
+    """Decode a video with OpenCV: RGB frames at ``fps`` (default the file's rate), at most the frame budget."""
+    try:
+        import cv2
+    except ImportError:  # a core dependency; a broken install still gets a message, not a traceback
+        raise DataError(item.name, "this server cannot decode video (OpenCV is missing: pip install "
+                                   "opencv-python-headless)") from None  # fmt: skip
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise DataError(item.name, f"the frame rate to decode at must be positive, got {fps!r}")
+    with item.path.open("rb") as f:
+        container = _video_container(f.read(16)) or "mp4"
+    target = item.path.with_name(item.path.name + f".{container}")
+    item.path.rename(target)
+    upload.shown[str(target)] = item.name
+    capture = cv2.VideoCapture(str(target))
+    try:
+        if not capture.isOpened():
+            raise DataError(item.name, "the video cannot be opened (damaged, or a codec this server cannot decode)")
+        source_fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not (math.isfinite(source_fps) and 0 < source_fps <= 1000):
+            notes.append("the video does not state its frame rate; 25 fps assumed")
+            source_fps = 25.0
+        rate = min(fps, source_fps) if fps is not None else source_fps
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        _check_decode(item.name, "video frame", (height, width), 3, upload.limits)
+        per_frame = max(width * height * 3, 1)
+        budget = min(upload.limits.max_video_frames, max(upload.limits.max_decode_bytes // (2 * per_frame), 1))
+        frames, index, more = _read_frames(cv2, capture, item.name, (height, width), rate / source_fps, budget)
+    finally:
+        capture.release()
+    if not frames:
+        raise DataError(item.name, "the video holds no frame that can be decoded (damaged, or an unsupported codec)")
+    if more:
+        seconds = index / source_fps
+        notes.append(f"only the first {len(frames):,} frames ({seconds:.1f} s) were read; "
+                     f"{limit_hint('max_video_frames', f'{upload.limits.max_video_frames:,} frames')}")  # fmt: skip
+    logger.info("video upload: %d frames of %d read at %.3g fps", len(frames), index, rate)
+    return LoadedVideo(np.stack(frames), rate, source_fps, name, note="; ".join(notes), folder=upload.folder)
+
+
+def _read_frames(
+    cv2: Any, capture: Any, name: str, size: tuple[int, int], keep: float, budget: int
+) -> tuple[list[np.ndarray], int, bool]:
+    """Grab every frame, keep (decode) those where ``index * keep`` reaches a new whole number; stop at ``budget``.
+
+    Returns:
+        ``(frames, frames grabbed, whether a frame to keep was left unread)``.
+    """
+    frames: list[np.ndarray] = []
+    slot, index = -1, 0
+    while capture.grab():
+        now = int(index * keep + 1e-9)
+        index += 1
+        if now == slot:
+            continue
+        if len(frames) >= budget:
+            return frames, index - 1, True
+        ok, frame = capture.retrieve()
+        if not ok or frame is None:
+            break
+        if frame.ndim != 3 or frame.shape[:2] != size or frame.shape[2] != 3:
+            raise DataError(name, f"the video's frames change size or colour layout (frame {index}: {frame.shape})")
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        slot = now
+    return frames, index, False
+
+
+_LOADERS: dict[str, Callable[..., Loaded]] = {
+    "dicom": _load_dicom, "nifti": _load_nifti, "image": _load_picture, "video": _load_video,
+}  # fmt: skip
 
 
 def _group(item: _Staged) -> str:
@@ -616,13 +780,15 @@ def _choose(staged: list[_Staged], upload: str, notes: list[str]) -> tuple[str, 
             raise DataError(first.name, first.detail)
         raise DataError(
             upload,
-            f"none of the {len(ignored)} files is a DICOM, NIfTI, PNG or JPEG file (e.g. {first.name}: {first.detail})",
+            f"none of the {len(ignored)} files is a DICOM, NIfTI, PNG, JPEG or video file "
+            f"(e.g. {first.name}: {first.detail})",
         )
     kinds = Counter(_group(item) for item in usable)
     if len(kinds) > 1:
         listed = ", ".join(f"{_KIND_WORDS[k]} ({_plural(n, 'file')})" for k, n in kinds.items())
         raise DataError(
-            upload, f"the upload mixes {listed}; upload one DICOM series, one NIfTI file or one image at a time"
+            upload, f"the upload mixes {listed}; upload one DICOM series, one NIfTI file, one image or one video "
+            "at a time"
         )
     kind = next(iter(kinds))
     if kind != "dicom" and len(usable) > 1:
@@ -633,23 +799,29 @@ def _choose(staged: list[_Staged], upload: str, notes: list[str]) -> tuple[str, 
 
 
 def load_upload(
-    files: Sequence[tuple[str, bytes]], workdir: str | Path, *, limits: UploadLimits | None = None
-) -> LoadedImage:
-    """Decode an upload: one or more DICOM files (or a zip of a series), one NIfTI file, or one PNG/JPEG image.
+    files: Sequence[tuple[str, bytes]],
+    workdir: str | Path,
+    *,
+    limits: UploadLimits | None = None,
+    fps: float | None = None,
+) -> Loaded:
+    """Decode an upload: DICOM files (or a zip of a series), one NIfTI file, one PNG/JPEG image or one video.
 
     Args:
         files: ``(file name, content)`` pairs; names are only used in messages.
         workdir: the session's temporary folder; the upload is written to a fresh subfolder of it.
         limits: the budgets (see the module docstring); default :func:`upload_limits` (constants and
             ``MEDKD_UPLOAD_*`` environment variables).
+        fps: frame rate to decode a video at (frames dropped evenly; never above the file's); default the file's.
 
     Returns:
-        The :class:`LoadedImage`; ``note`` tells about ignored files or a choice between several series.
+        A :class:`LoadedImage` (image or volume) or a :class:`LoadedVideo`; ``note`` tells about ignored files, a
+        choice between several series or video frames beyond the budget.
 
     Raises:
         DataError: for an empty upload, files of no supported kind, mixed kinds, several NIfTI/image files, an
             unsafe zip, an upload beyond a limit (zip bytes or entries, voxels, decoding memory, DICOM header
-            reads), no image series among DICOM files, or a series/file that cannot become a regular volume
+            reads), a video that cannot be decoded, no image series among DICOM files, or a series/file that cannot become a regular volume
             (truncated pixel data, inconsistent spacing, ...). The message names the file (as uploaded, or inside
             the zip) or the upload, and holds no patient data and no server path.
         ConfigError: a ``MEDKD_UPLOAD_*`` variable that is not a positive whole number.
@@ -658,7 +830,7 @@ def load_upload(
         >>> import tempfile
         >>> load_upload([("notes.txt", b"hello")], tempfile.mkdtemp())  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
-        medkd.errors.DataError: notes.txt: not a DICOM, NIfTI, PNG or JPEG file
+        medkd.errors.DataError: notes.txt: not a DICOM, NIfTI, PNG, JPEG or video (MP4/AVI) file
     """
     if not files:
         raise DataError("upload", "no files were uploaded")
@@ -672,7 +844,7 @@ def load_upload(
         notes: list[str] = []
         kind, usable = _choose(staged, name, notes)
         logger.info("upload: %d %s file(s) used, %d ignored", len(usable), kind, len(staged) - len(usable))
-        return _LOADERS[kind](usable if kind == "dicom" else usable[0], name, notes, upload)
+        return _LOADERS[kind](usable if kind == "dicom" else usable[0], name, notes, upload, fps=fps)
     except DataError as err:
         shutil.rmtree(upload.folder, ignore_errors=True)
         raise _scrubbed(err, upload, [upload.folder, workdir, Path(tempfile.gettempdir())]) from None

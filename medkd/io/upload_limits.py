@@ -19,6 +19,8 @@ name                      default         what it bounds
                                           stored voxel size + 4 bytes of float32), checked before decoding
 ``MAX_DICOM_READS``       1,000,000       pydicom reads of all DICOM headers of one upload (about two per
                                           element; 2,000 slices of 500): a file of tiny elements stops there
+``MAX_VIDEO_FRAMES``      2,000           frames decoded from one video (after dropping frames for a lower
+                                          frame rate); later frames are not read, and the upload's note says so
 ========================  ==============  =================================================================
 
 Streamlit's own ``server.maxUploadSize`` (200 MB by default) bounds what reaches
@@ -56,6 +58,7 @@ __all__ = [
     "ENV_PREFIX",
     "MAX_DECODE_BYTES",
     "MAX_DICOM_READS",
+    "MAX_VIDEO_FRAMES",
     "MAX_VOXELS",
     "MAX_ZIP_BYTES",
     "MAX_ZIP_MEMBERS",
@@ -81,6 +84,8 @@ MAX_VOXELS = 2**28
 MAX_DECODE_BYTES = 3 * 1024**3
 #: most pydicom reads of the DICOM headers of one upload (about two per data element)
 MAX_DICOM_READS = 1_000_000
+#: most frames one video upload may decode to (also bounded by ``MAX_DECODE_BYTES``)
+MAX_VIDEO_FRAMES = 2_000
 #: environment variables ``MEDKD_UPLOAD_MAX_...`` override the constants above
 ENV_PREFIX = "MEDKD_UPLOAD_"
 #: bytes unpacked at a time (zip members, Deflated DICOM), so a budget is checked every mebibyte
@@ -98,6 +103,7 @@ class UploadLimits:
         max_voxels: voxels (pixels) of one NIfTI volume, image or DICOM series.
         max_decode_bytes: memory to decode one volume or image, estimated from its header.
         max_dicom_reads: pydicom reads of all DICOM headers of the upload.
+        max_video_frames: frames decoded from one video.
     """
 
     max_zip_bytes: int = MAX_ZIP_BYTES
@@ -105,6 +111,7 @@ class UploadLimits:
     max_voxels: int = MAX_VOXELS
     max_decode_bytes: int = MAX_DECODE_BYTES
     max_dicom_reads: int = MAX_DICOM_READS
+    max_video_frames: int = MAX_VIDEO_FRAMES
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -123,7 +130,8 @@ def upload_limits(**overrides: int | None) -> UploadLimits:
     variables, then ``overrides`` that are not ``None``.
 
     Args:
-        overrides: ``max_zip_bytes``, ``max_zip_members``, ``max_voxels``, ``max_decode_bytes``, ``max_dicom_reads``.
+        overrides: ``max_zip_bytes``, ``max_zip_members``, ``max_voxels``, ``max_decode_bytes``, ``max_dicom_reads``,
+            ``max_video_frames``.
 
     Raises:
         ConfigError: an environment variable or override that is not a positive whole number (naming it).

@@ -42,3 +42,25 @@ def test_bundle_list_command(tmp_path, monkeypatch, capsys):
     assert main(["bundle", "list", "--zoo", str(ZOO)]) == 0
     out = capsys.readouterr().out
     assert "demo_acdc_bcp" in out and "missing" in out and "make demo" in out
+
+
+def test_zoo_entries_carry_their_kind(tmp_path):
+    assert {e.kind for e in load_zoo(ZOO)} == {"segmentation"}  # every shipped bundle is a segmentation model
+    assert "kind: segmentation" in ZOO.read_text()  # written out, not only defaulted
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text("bundles:\n  - name: old\n    path: old\n"  # written before kinds: segmentation
+                   "  - name: polyps\n    path: polyps\n    kind: detection\n"
+                   "  - name: phases\n    path: phases\n    kind: forecasting\n")
+    assert [(e.name, e.kind) for e in load_zoo(zoo)] == [
+        ("old", "segmentation"), ("polyps", "detection"), ("phases", "forecasting")
+    ]
+
+
+def test_unknown_zoo_kind_names_file_entry_and_known_kinds(tmp_path):
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text("bundles:\n  - name: a\n    path: a\n  - name: b\n    path: b\n    kind: segmentaton\n")
+    with pytest.raises(ConfigError) as info:
+        load_zoo(zoo)
+    message = str(info.value)
+    assert str(zoo) in message and "bundles[1] (b)" in message and "'segmentaton'" in message
+    assert all(k in message for k in ("segmentation", "detection", "forecasting"))

@@ -197,9 +197,9 @@ def test_16_bit_png_keeps_its_values(tmp_path: Path) -> None:
 def test_random_bytes_and_text_name_the_file(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
     err = _error([("IM0001", noise)], tmp_path / "work")
-    assert str(err) == "IM0001: not a DICOM, NIfTI, PNG or JPEG file"
+    assert str(err) == "IM0001: not a DICOM, NIfTI, PNG, JPEG or video (MP4/AVI) file"
     err = _error([("notes.txt", b"Patient looked fine.\n" * 20)], tmp_path / "work")
-    assert str(err) == "notes.txt: not a DICOM, NIfTI, PNG or JPEG file"
+    assert str(err) == "notes.txt: not a DICOM, NIfTI, PNG, JPEG or video (MP4/AVI) file"
     err = _error([("a", b"text"), ("b", noise)], tmp_path / "work")
     assert err.path == "a + 1 more" and "none of the 2 files" in err.problem
 

@@ -146,7 +146,7 @@ def test_zip_bomb_is_refused_at_the_byte_limit(tmp_path: Path, disk_at_cleanup: 
 def test_zeros_under_the_limit_never_reach_pydicom(tmp_path: Path, dcmread_calls: list[str]) -> None:
     start = time.perf_counter()
     err = _refused([("zeros.zip", _zip([("IM0001", bytes(16 * MiB))]))], tmp_path / "work", seconds=3)
-    assert str(err) == "IM0001: not a DICOM, NIfTI, PNG or JPEG file"
+    assert str(err) == "IM0001: not a DICOM, NIfTI, PNG, JPEG or video (MP4/AVI) file"
     noise = np.random.default_rng(0).integers(0, 256, MiB, dtype=np.uint8).tobytes()
     _refused([("noise", noise), ("notes.txt", b"\x08\x00 not a tag " * 100)], tmp_path / "work", seconds=3)
     assert dcmread_calls == [], "non-DICOM files were parsed by pydicom"
