@@ -75,7 +75,7 @@ def _list(args: argparse.Namespace) -> int:
 
     for entry in load_zoo(args.zoo):
         state = "present" if entry.present else "missing"
-        print(f"{entry.name:<18} {state:<8} {entry.task}\n{'':<28}{entry.folder}")
+        print(f"{entry.name:<18} {state:<8} {entry.kind:<13} {entry.task}\n{'':<28}{entry.folder}")
         if not entry.present and entry.get:
             print(f"{'':<28}make it: {entry.get}")
     return 0

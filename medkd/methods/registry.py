@@ -75,7 +75,8 @@ class Method:
         load_predictor: ``load_predictor(run, device, *, trust=False) -> Predictor`` for its run folders.
         cli: ``cli(subparsers)`` adds ``medkd <name> ...`` to argparse (``None``: no subcommand).
         bundle_spec: what the bundle writer needs from the method (``None``: no bundle export).
-        app_view: name of its app view (``None``: the default view of its kind).
+        app_view: its app view: a registered view name or a ``"module:attribute"`` reference to ``render(ctx)``
+            (``None``: the default view of its kind).
         description: one line, shown in ``medkd --help``.
     """
 

@@ -42,6 +42,7 @@ def test_bundle_list_command(tmp_path, monkeypatch, capsys):
     assert main(["bundle", "list", "--zoo", str(ZOO)]) == 0
     out = capsys.readouterr().out
     assert "demo_acdc_bcp" in out and "missing" in out and "make demo" in out
+    assert "segmentation" in out  # each entry's kind
 
 
 def test_zoo_entries_carry_their_kind(tmp_path):
