@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from medkd.io.phi import quiet_phi_warnings, redacting_logs
+from medkd.io.phi import HIGHDICOM_COPIED_MODULES, quiet_phi_warnings, redacting_logs
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom import Dataset
@@ -50,57 +50,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: root attributes of the modules highdicom 0.28 copies from a source image (``SOPClass.copy_patient_and_study_
-#: information`` and, for a SEG, ``copy_specimen_information``); tests/io/test_dicom_patient.py checks this table
-#: against the installed highdicom
-COPIED_MODULES: dict[str, tuple[str, ...]] = {
-    "patient": (
-        "ReferencedPatientSequence", "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID",
-        "IssuerOfPatientIDQualifiersSequence", "SourcePatientGroupIdentificationSequence",
-        "GroupOfPatientsIdentificationSequence", "PatientBirthDate", "PatientBirthTime",
-        "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar",
-        "PatientSex", "QualityControlSubject", "StrainDescription", "StrainNomenclature", "StrainStockSequence",
-        "StrainAdditionalInformation", "StrainCodeSequence", "GeneticModificationsSequence", "OtherPatientNames",
-        "OtherPatientIDsSequence", "ReferencedPatientPhotoSequence", "EthnicGroupCodeSequence",
-        "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription",
-        "PatientBreedCodeSequence", "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole",
-        "ResponsibleOrganization", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
-        "DeidentificationMethodCodeSequence",
-    ),
-    "clinical-trial-subject": (
-        "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName",
-        "IssuerOfClinicalTrialProtocolID", "OtherClinicalTrialProtocolIDsSequence", "ClinicalTrialSiteID",
-        "ClinicalTrialSiteName", "IssuerOfClinicalTrialSiteID", "ClinicalTrialSubjectID",
-        "IssuerOfClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID", "IssuerOfClinicalTrialSubjectReadingID",
-        "ClinicalTrialProtocolEthicsCommitteeName", "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
-    ),
-    "general-study": (
-        "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence", "ReferringPhysicianName",
-        "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName",
-        "ConsultingPhysicianIdentificationSequence", "StudyDescription", "ProcedureCodeSequence", "PhysiciansOfRecord",
-        "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
-        "PhysiciansReadingStudyIdentificationSequence", "ReferencedStudySequence", "StudyInstanceUID", "StudyID",
-        "RequestingService", "RequestingServiceCodeSequence", "ReasonForPerformedProcedureCodeSequence",
-    ),
-    "patient-study": (
-        "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
-        "PatientSizeCodeSequence", "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension",
-        "PatientWeight", "MedicalAlerts", "Allergies", "Occupation", "SmokingStatus", "AdditionalPatientHistory",
-        "PregnancyStatus", "LastMenstrualDate", "PatientSexNeutered", "ReasonForVisit", "ReasonForVisitCodeSequence",
-        "AdmissionID", "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "ServiceEpisodeDescription",
-        "IssuerOfServiceEpisodeIDSequence", "PatientState",
-    ),
-    "clinical-trial-study": (
-        "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription", "LongitudinalTemporalOffsetFromEvent",
-        "LongitudinalTemporalEventType", "ClinicalTrialTimePointTypeCodeSequence", "IssuerOfClinicalTrialTimePointID",
-        "ConsentForClinicalTrialUseSequence",
-    ),
-    "specimen": (
-        "ContainerIdentifier", "IssuerOfTheContainerIdentifierSequence", "AlternateContainerIdentifierSequence",
-        "ContainerTypeCodeSequence", "ContainerDescription", "ContainerComponentSequence",
-        "SpecimenDescriptionSequence",
-    ),
-}  # fmt: skip
+#: root attributes of the modules highdicom copies from a source image (defined with the PHI keywords, which
+#: cover them): tests/io/test_dicom_patient.py checks this table against the installed highdicom
+COPIED_MODULES: dict[str, tuple[str, ...]] = HIGHDICOM_COPIED_MODULES
 COPIED_KEYWORDS: tuple[str, ...] = tuple(kw for keywords in COPIED_MODULES.values() for kw in keywords)
 #: references that are never blanked (the pipeline refuses series whose UIDs are invalid before any writer runs)
 KEPT_KEYWORDS: frozenset[str] = frozenset({"StudyInstanceUID"})

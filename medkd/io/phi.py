@@ -34,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "MIN_REDACT_LENGTH",
+    "HIGHDICOM_COPIED_MODULES",
     "PHI_KEYWORDS",
     "REDACTED",
     "THIRD_PARTY_LOGGERS",
@@ -64,41 +65,39 @@ def _unique(*groups: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keyword for group in groups for keyword in group))
 
 
-#: attributes whose values must never appear in a message: the Patient, Clinical Trial Subject, General Study,
-#: Patient Study and Clinical Trial Study modules (what highdicom copies from a source image into a SEG or SR; see
-#: :mod:`medkd.io.dicom_patient`), the Specimen module, and other identifying attributes. UIDs are not
-#: listed: they are references, checked where they become paths.
-PHI_KEYWORDS: tuple[str, ...] = _unique(
-    (  # Patient
-        "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-        "SourcePatientGroupIdentificationSequence", "GroupOfPatientsIdentificationSequence", "PatientBirthDate",
-        "PatientBirthTime", "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar",
-        "PatientAlternativeCalendar", "PatientSex", "QualityControlSubject", "StrainDescription", "StrainNomenclature",
-        "StrainStockSequence", "StrainAdditionalInformation", "StrainCodeSequence", "GeneticModificationsSequence",
-        "OtherPatientNames", "OtherPatientIDs", "OtherPatientIDsSequence", "ReferencedPatientSequence",
-        "ReferencedPatientPhotoSequence", "EthnicGroup", "EthnicGroupCodeSequence", "PatientSpeciesDescription",
-        "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
-        "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
-        "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-        "PatientAddress", "PatientTelephoneNumbers", "PatientBirthName", "PatientMotherBirthName",
-        "PatientReligiousPreference", "MilitaryRank", "BranchOfService", "MedicalRecordLocator",
+#: root attributes of the modules highdicom 0.28 copies from a source image (``SOPClass.copy_patient_and_study_
+#: information`` and, for a SEG, ``copy_specimen_information``); tests/io/test_dicom_patient.py checks this table
+#: against the installed highdicom
+HIGHDICOM_COPIED_MODULES: dict[str, tuple[str, ...]] = {
+    "patient": (
+        "ReferencedPatientSequence", "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID",
+        "IssuerOfPatientIDQualifiersSequence", "SourcePatientGroupIdentificationSequence",
+        "GroupOfPatientsIdentificationSequence", "PatientBirthDate", "PatientBirthTime",
+        "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar",
+        "PatientSex", "QualityControlSubject", "StrainDescription", "StrainNomenclature", "StrainStockSequence",
+        "StrainAdditionalInformation", "StrainCodeSequence", "GeneticModificationsSequence", "OtherPatientNames",
+        "OtherPatientIDsSequence", "ReferencedPatientPhotoSequence", "EthnicGroupCodeSequence",
+        "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription",
+        "PatientBreedCodeSequence", "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole",
+        "ResponsibleOrganization", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
+        "DeidentificationMethodCodeSequence",
     ),
-    (  # Clinical Trial Subject
+    "clinical-trial-subject": (
         "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName",
         "IssuerOfClinicalTrialProtocolID", "OtherClinicalTrialProtocolIDsSequence", "ClinicalTrialSiteID",
         "ClinicalTrialSiteName", "IssuerOfClinicalTrialSiteID", "ClinicalTrialSubjectID",
         "IssuerOfClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID", "IssuerOfClinicalTrialSubjectReadingID",
         "ClinicalTrialProtocolEthicsCommitteeName", "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
     ),
-    (  # General Study
+    "general-study": (
         "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence", "ReferringPhysicianName",
         "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName",
         "ConsultingPhysicianIdentificationSequence", "StudyDescription", "ProcedureCodeSequence", "PhysiciansOfRecord",
         "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
-        "PhysiciansReadingStudyIdentificationSequence", "ReferencedStudySequence", "StudyID", "RequestingService",
-        "RequestingServiceCodeSequence", "ReasonForPerformedProcedureCodeSequence",
+        "PhysiciansReadingStudyIdentificationSequence", "ReferencedStudySequence", "StudyInstanceUID", "StudyID",
+        "RequestingService", "RequestingServiceCodeSequence", "ReasonForPerformedProcedureCodeSequence",
     ),
-    (  # Patient Study
+    "patient-study": (
         "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
         "PatientSizeCodeSequence", "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension",
         "PatientWeight", "MedicalAlerts", "Allergies", "Occupation", "SmokingStatus", "AdditionalPatientHistory",
@@ -106,19 +105,29 @@ PHI_KEYWORDS: tuple[str, ...] = _unique(
         "AdmissionID", "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "ServiceEpisodeDescription",
         "IssuerOfServiceEpisodeIDSequence", "PatientState",
     ),
-    (  # Clinical Trial Study
+    "clinical-trial-study": (
         "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription", "LongitudinalTemporalOffsetFromEvent",
         "LongitudinalTemporalEventType", "ClinicalTrialTimePointTypeCodeSequence", "IssuerOfClinicalTrialTimePointID",
         "ConsentForClinicalTrialUseSequence",
     ),
-    (  # Specimen (highdicom copies it into a SEG)
+    "specimen": (
         "ContainerIdentifier", "IssuerOfTheContainerIdentifierSequence", "AlternateContainerIdentifierSequence",
         "ContainerTypeCodeSequence", "ContainerDescription", "ContainerComponentSequence",
         "SpecimenDescriptionSequence",
     ),
-    (  # other identifying attributes of the series, equipment and acquisition
-        "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime",
-        "AcquisitionDateTime", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+}  # fmt: skip
+
+#: attributes whose values must never appear in a message: every attribute highdicom copies into a SEG or SR
+#: (:data:`HIGHDICOM_COPIED_MODULES`: the Patient, Clinical Trial Subject, General Study, Patient Study, Clinical
+#: Trial Study and Specimen modules) but the StudyInstanceUID reference, and other identifying attributes. UIDs are
+#: references, checked where they become paths.
+PHI_KEYWORDS: tuple[str, ...] = _unique(
+    (kw for keywords in HIGHDICOM_COPIED_MODULES.values() for kw in keywords if kw != "StudyInstanceUID"),
+    (  # other identifying attributes of the patient, series, equipment and acquisition
+        "OtherPatientIDs", "EthnicGroup", "PatientAddress", "PatientTelephoneNumbers", "PatientBirthName",
+        "PatientMotherBirthName", "PatientReligiousPreference", "MilitaryRank", "BranchOfService",
+        "MedicalRecordLocator", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "ContentDate",
+        "ContentTime", "AcquisitionDateTime", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
         "OperatorsName", "PerformingPhysicianName", "StationName", "DeviceSerialNumber",
     ),
 )  # fmt: skip
