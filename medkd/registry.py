@@ -25,13 +25,42 @@ import fnmatch
 import logging
 import weakref
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Any, ClassVar, Generic, TypeVar, overload
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "resolve_option"]
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def resolve_option(cls: type[E], value: str | E, what: str, listing: str = "Options") -> E:
+    """The member of the option enum ``cls`` for ``value``.
+
+    Raises:
+        ValueError: unknown value; the message names ``what``, a close match and the allowed values.
+
+    Example:
+        >>> from enum import StrEnum
+        >>> class Mode(StrEnum):
+        ...     CLEAN = "clean"
+        >>> resolve_option(Mode, "clean", "mode")
+        <Mode.CLEAN: 'clean'>
+        >>> resolve_option(Mode, "claen", "mode")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ValueError: unknown mode 'claen'. Did you mean 'clean'? Options: clean
+    """
+    try:
+        return cls(value)
+    except ValueError:
+        options = [str(m.value) for m in cls]
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {what} {value!r}.{hint} {listing}: {', '.join(options)}") from None
 
 
 def _discover_plugins() -> None:

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable
 from enum import StrEnum
@@ -24,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 from torch import nn
 
-from medkd.registry import Registry
+from medkd.registry import Registry, resolve_option
 
 __all__ = ["NETS", "NetTask", "count_parameters", "create_net", "list_nets", "net_task", "register_net"]
 
@@ -55,13 +54,7 @@ class NetTask(StrEnum):
         Raises:
             ValueError: unknown task; the message names close matches and the allowed tasks.
         """
-        try:
-            return cls(value)
-        except ValueError:
-            options = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value), options, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown net task {value!r}.{hint} Tasks: {', '.join(options)}") from None
+        return resolve_option(cls, value, "net task", "Tasks")
 
 
 NETS: Registry[Callable[..., nn.Module]] = Registry("net")

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from enum import StrEnum
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from medkd.nets.factory import register_net
+from medkd.registry import resolve_option
 
 __all__ = ["BCPVNet", "VNetNorm", "bcp_vnet", "bcp_vnet_small"]
 
@@ -53,13 +53,7 @@ class VNetNorm(StrEnum):
         Raises:
             ValueError: unknown option; the message names close matches and the allowed options.
         """
-        try:
-            return cls(value)
-        except ValueError:
-            options = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value), options, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown normalization {value!r}.{hint} Options: {', '.join(options)}") from None
+        return resolve_option(cls, value, "normalization", "Options")
 
 
 def _norm(norm: VNetNorm, channels: int) -> list[nn.Module]:
