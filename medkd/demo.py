@@ -96,9 +96,9 @@ def run_demo(
     from medkd.methods.bcp.eval_run import evaluate_run
     from medkd.methods.bcp.predict import predict_paths
     from medkd.methods.bcp.trainer import train_bcp
-    from medkd.pipeline import run_pipeline
-    from medkd.io.overlay import save_overlay_png
     from medkd.metrics.seg import format_table
+    from medkd.pipeline import run_pipeline
+    from medkd.viz.overlay import save_overlay_png
 
     out = Path(out)
     started = time.perf_counter()

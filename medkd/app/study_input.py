@@ -28,7 +28,7 @@ UPLOAD_HELP = (
 
 def choose_input() -> tuple[Any, str]:
     """Draw the input choice; returns the decoded input and its content key (stops the page until there is one)."""
-    from medkd.io.examples import example_names, load_example
+    from medkd.data.examples import example_names, load_example
     from medkd.io.upload import load_upload
 
     demo = st.query_params.get("demo") == "1"

@@ -30,6 +30,7 @@ Besides :class:`UploadLimits` and :func:`upload_limits`, this module spends the 
 :func:`read_header` reads a DICOM header through a file that counts every ``read`` against the upload's
 ``reads_left`` (raising :class:`OutOfReads` when they are spent) and inflates a Deflated dataset a chunk at a time
 against the unpacked-bytes budget (raising :class:`TooBig`); :func:`over_limit` words either for the user.
+:func:`check_decode` refuses, from its header's shape, an image, volume or video frame too large to decode.
 Zip archives are unpacked within the same budgets by :mod:`medkd.io.zip_extract`.
 
 Example:
@@ -44,14 +45,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from medkd.errors import ConfigError
+from medkd.errors import ConfigError, DataError
 
 __all__ = [
     "CHUNK_BYTES",
@@ -66,9 +69,11 @@ __all__ = [
     "TooBig",
     "UploadBudget",
     "UploadLimits",
+    "check_decode",
     "env_name",
     "limit_hint",
     "over_limit",
+    "plural",
     "read_header",
     "size_text",
     "upload_limits",
@@ -171,6 +176,31 @@ def size_text(n: float) -> str:
 def limit_hint(name: str, shown: str) -> str:
     """The end of a refusal: the limit ``name`` is ``shown`` and which environment variable raises it."""
     return f"the upload limit is {shown} (${env_name(name)})"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_decode(name: str, what: str, shape: Sequence[int], itemsize: int, limits: UploadLimits) -> None:
+    """Refuse, before decoding, an array of ``shape`` whose voxels or decoding memory exceed the limits: the
+    decoded array, a copy of it, and the float32 volume the app keeps (``2 x itemsize + 4`` bytes per voxel).
+
+    Raises:
+        DataError: naming ``name`` (the file as the user called it), the size and the limit to raise.
+    """
+    voxels, dims = math.prod(shape), " × ".join(str(s) for s in shape)
+    unit = "pixels" if what in ("image", "video frame") else "voxels"
+    if voxels > limits.max_voxels:
+        raise DataError(name, f"the {what} has {voxels:,} {unit} ({dims}), too many to decode; "
+                              f"{limit_hint('max_voxels', f'{limits.max_voxels:,} {unit}')}")  # fmt: skip
+    need = voxels * (2 * itemsize + 4)
+    if need > limits.max_decode_bytes:
+        each = plural(itemsize, "byte")
+        shown = size_text(limits.max_decode_bytes)
+        raise DataError(name, f"the {what} ({dims} = {voxels:,} {unit} of {each}) needs about {size_text(need)} of "
+                              f"memory to decode; {limit_hint('max_decode_bytes', shown)}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- DICOM header budget

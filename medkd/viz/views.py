@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medkd.io.overlay import LABEL_COLOURS
+from medkd.io.labels import LABEL_COLOURS
 from medkd.viz.window import _unit
 
 if TYPE_CHECKING:

@@ -20,11 +20,12 @@ pydicom = pytest.importorskip("pydicom")
 Image = pytest.importorskip("PIL.Image")
 from pydicom.data import get_testdata_file, get_testdata_files  # noqa: E402
 
+from medkd.data import examples  # noqa: E402
+from medkd.data.examples import example_names, load_example  # noqa: E402
 from medkd.data.synthetic import make_cardiac_volume  # noqa: E402
 from medkd.data.synthetic_dicom import write_dicom_series  # noqa: E402
 from medkd.errors import DataError  # noqa: E402
-from medkd.io import examples, upload_limits  # noqa: E402
-from medkd.io.examples import example_names, load_example  # noqa: E402
+from medkd.io import upload_limits  # noqa: E402
 from medkd.io.upload import LoadedImage, load_upload, sniff  # noqa: E402
 from medkd.io.volume_io import write_mask_like  # noqa: E402
 

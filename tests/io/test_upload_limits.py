@@ -195,7 +195,7 @@ def test_member_count_is_refused_before_the_file_list_is_parsed(
     lying[end + 8 : end + 12] = struct.pack("<HH", 5, 5)  # an end record that under-counts
     opened: list[object] = []
     original = zipfile.ZipFile
-    monkeypatch.setattr(upload.zipfile, "ZipFile", lambda *a, **k: opened.append(a) or original(*a, **k))
+    monkeypatch.setattr(zipfile, "ZipFile", lambda *a, **k: opened.append(a) or original(*a, **k))
     err = _refused([("big.zip", many)], tmp_path / "work", max_zip_members=10)
     assert "holds 30 files and folders" in err.problem and "MEDKD_UPLOAD_MAX_ZIP_MEMBERS" in err.problem
     err = _refused([("lying.zip", bytes(lying))], tmp_path / "work", max_zip_members=10)  # the list's length tells

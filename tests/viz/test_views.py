@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medkd.io.labels import LabelInfo, labels_from_names
-from medkd.io.overlay import LABEL_COLOURS
+from medkd.io.labels import LABEL_COLOURS, LabelInfo, labels_from_names
 from medkd.viz.views import (
     MIN_DISPLAY_SIDE,
     ORIENTATIONS,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medkd.io.overlay import save_overlay_png
+from medkd.viz.overlay import save_overlay_png
 from medkd.methods.bcp.masks import box_mask
 from medkd.methods.bcp.mix import mix
 from medkd.methods.bcp.steps import StepOptions, pseudo_labels

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Bundled synthetic examples for the app: made on the fly, deterministic, with their ground truth.
+"""Bundled synthetic examples for the app: made on the fly with medkd.data's generators, deterministic, with their
+ground truth, decoded as an upload would be (:class:`medkd.io.upload.LoadedImage`).
 
 The DICOM examples are written as a series and read back through the upload's DICOM path, so DICOM SEG export
 works for them as for uploads.

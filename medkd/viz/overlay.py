@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Segmentation overlays as RGB arrays and PNG figures (demo, reports, the Streamlit app).
+"""Segmentation overlays as RGB arrays and PNG figures (demo, reports, BCP snapshots, the Streamlit app).
+
+:func:`overlay_rgb` draws one label map over a greyscale image with :func:`medkd.viz.views.render_view` (as the app
+does), at the image's own size; :func:`save_overlay_png` puts several such panels side by side with a colour legend.
 
 Example:
     >>> img = np.linspace(0, 1, 64 * 64).reshape(64, 64); mask = np.zeros((64, 64), np.uint8); mask[10:20, 10:20] = 1
@@ -15,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from medkd.io.labels import LABEL_COLOURS
+from medkd.viz.views import render_view
 
-__all__ = ["LABEL_COLOURS", "overlay_rgb", "save_overlay_png"]
+__all__ = ["overlay_rgb", "save_overlay_png"]
 
 
 def overlay_rgb(
@@ -28,12 +32,14 @@ def overlay_rgb(
         image: ``(H, W)`` intensities; scaled by ``window`` (low, high) or by its 0.5-99.5 percentiles.
         mask: ``(H, W)`` integer labels (0 = background, left transparent) or None.
         opacity: weight of the label colour where a label is present.
+        window: display window ``(low, high)``; default the image's 0.5 and 99.5 percentiles.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB (drawn by :func:`medkd.viz.views.render_view`, as in the app).
-    """
-    from medkd.viz.views import render_view
 
+    Raises:
+        ValueError: a mask whose shape is not the image's.
+    """
     image = np.asarray(image, dtype=np.float32)
     if mask is not None and np.shape(mask) != image.shape:
         raise ValueError(f"mask shape {np.shape(mask)} does not match image shape {image.shape}")
@@ -49,7 +55,18 @@ def save_overlay_png(
     class_names: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Save panels ``image + mask`` side by side (e.g. ground truth, BCP, supervised) with a colour legend."""
+    """Save panels ``image + mask`` side by side (e.g. ground truth, BCP, supervised) with a colour legend.
+
+    Args:
+        image: ``(H, W)`` intensities, shared by every panel.
+        masks: panel title -> ``(H, W)`` integer labels (or None for the bare image), in panel order.
+        path: the PNG to write (its folder is created).
+        class_names: names by label value (``("background", "RV", ...)``); a legend of values 1.. when given.
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
