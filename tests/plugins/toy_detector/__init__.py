@@ -7,17 +7,20 @@ Importing it registers, with no edit to medkd:
   of :mod:`medkd.nets.contracts`);
 - the method ``toy`` (kind ``detection``): config :class:`~toy_detector.config.ToyDetectorConfig`, ``train`` on
   medkd's engine, a run predictor, ``medkd toy train`` and its bundle spec (parts imported on first use);
-- the bundle spec ``toy`` (:mod:`toy_detector.bundle`), whose ``component_modules`` allowlist the inferer.
+- the bundle spec ``toy`` (:mod:`toy_detector.bundle`), whose ``component_modules`` allowlist the inferer;
+- the app view ``toy_detection`` of kind ``detection`` (:mod:`toy_detector.view`, imported when the app draws it;
+  registering imports neither Streamlit nor the view), which the method names as its ``app_view``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from medkd.app.views import register_view
 from medkd.methods import Method, register_method
 from medkd.nets import register_net
 
-__all__ = ["TOY", "toy_centernet"]
+__all__ = ["TOY", "TOY_VIEW", "toy_centernet"]
 
 
 @register_net("toy_centernet", task="detection")
@@ -36,7 +39,11 @@ TOY = register_method(Method(
     load_predictor="toy_detector.train:load_run_predictor",
     cli="toy_detector.cli:add_parser",
     bundle_spec="toy_detector.bundle:TOY_BUNDLE_SPEC",
+    app_view="toy_detection",
     description="toy CenterNet-like detector on synthetic bright boxes (a test plugin)",
 ))
+
+TOY_VIEW = register_view("detection", "toy_detector.view:render", name="toy_detection", inputs=("image2d", "volume"),
+                         title="Detections")
 
 import toy_detector.bundle  # noqa: F401  - registers the bundle spec (its component_modules feed the trust check)
