@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medkd.errors import DataError
+from medkd.errors import DataError, MedkdError
 from medkd.inference.loading import PREDICTOR_SOURCES, PredictorSource
 from medkd.registry import Registry
 from medkd.runs import is_run, read_run_info
@@ -96,13 +96,13 @@ class Method:
 
         Raises:
             AttributeError: no such part.
-            NotImplementedError: the method does not provide it.
+            MedkdError: the method does not provide it (a user-facing error: the CLI prints it and exits 2).
         """
         if part not in self.__dataclass_fields__:
             raise AttributeError(f"Method has no part {part!r}")
         value = getattr(self, part)
         if value is None:
-            raise NotImplementedError(f"method {self.name!r} provides no {part}")
+            raise MedkdError(f"method {self.name!r} provides no {part}")
         return resolve_ref(value)
 
 

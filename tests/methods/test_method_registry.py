@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from medkd.errors import MedkdError
 from medkd.methods import METHODS, Method, get_method, list_methods, register_method, resolve_ref
 
 
@@ -43,7 +44,7 @@ def test_resolve_imports_references_and_passes_objects_through(toy):
     from collections import OrderedDict
 
     assert toy.resolve("config_class") is OrderedDict and toy.resolve("train") is print
-    with pytest.raises(NotImplementedError, match="'toy_det' provides no load_predictor"):
+    with pytest.raises(MedkdError, match="'toy_det' provides no load_predictor"):
         toy.resolve("load_predictor")
     with pytest.raises(AttributeError, match="no part 'trian'"):
         toy.resolve("trian")
