@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,26 @@ def offline_env() -> dict[str, str]:
     return env
 
 
+def run_monai_bundle(
+    commands: dict[str, list[str]], env: dict[str, str], cwd: Path = REPO, timeout: float = 300
+) -> dict[str, subprocess.CompletedProcess]:
+    """Run ``python -m monai.bundle`` commands concurrently; name -> completed process (stdout+stderr in stdout)."""
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", "monai.bundle", *map(str, args)], env=env, cwd=cwd, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for name, args in commands.items()
+    }
+    done = {}
+    for name, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    return done
+
+
 @pytest.fixture(scope="session")
 def nifti_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("nifti")
@@ -121,6 +143,12 @@ def run_2d(tmp_path_factory, nifti_dir) -> Path:
 @pytest.fixture(scope="session")
 def run_3d(tmp_path_factory, nifti_dir) -> Path:
     return make_run(tmp_path_factory.mktemp("runs") / "la_tiny", "3d", first_volume(nifti_dir))
+
+
+@pytest.fixture(scope="session")
+def monai_bundle():
+    """:func:`run_monai_bundle`, for tests that run ``python -m monai.bundle`` commands."""
+    return run_monai_bundle
 
 
 @pytest.fixture(scope="session")

@@ -33,24 +33,6 @@ KINDS = ("2d", "3d")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_all(commands: dict[str, list[str]], env: dict[str, str], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
-    """Run ``python -m monai.bundle`` commands concurrently; name -> completed process (stdout+stderr in stdout)."""
-    procs = {
-        name: subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], env=env, cwd=cwd, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for name, args in commands.items()
-    }
-    done = {}
-    for name, proc in procs.items():
-        try:
-            out, _ = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
-    return done
-
-
 def _break_metadata(bundle: Path, folder: Path, edit) -> Path:
     broken = Path(shutil.copytree(bundle / "configs", folder / "configs"))
     meta = json.loads((broken / "metadata.json").read_text())
@@ -73,7 +55,7 @@ def _with_a_2d_image(volumes: Path, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory, run_2d, run_3d, nifti_dir, monai_env):
+def cli(tmp_path_factory, run_2d, run_3d, nifti_dir, monai_env, monai_bundle):
     """Export both bundles and run every MONAI command once, concurrently."""
     root = tmp_path_factory.mktemp("cli")
     bundles = {"2d": export_bundle(run_2d, root / "models" / "acdc_tiny"),
@@ -93,7 +75,7 @@ def cli(tmp_path_factory, run_2d, run_3d, nifti_dir, monai_env):
     commands["metadata"] = ["verify_metadata", "--meta_file", bundles["2d"] / "configs/metadata.json",
                             "--filepath", SCHEMA_PATH]
     commands = {name: [str(a) for a in args] for name, args in commands.items()}
-    return {"bundles": bundles, "inputs": inputs, "outputs": outputs, "results": _run_all(commands, monai_env, REPO)}
+    return {"bundles": bundles, "inputs": inputs, "outputs": outputs, "results": monai_bundle(commands, monai_env, REPO)}
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:

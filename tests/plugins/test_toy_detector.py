@@ -56,23 +56,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ((a[dims:] - a[:dims]).prod() + (b[dims:] - b[:dims]).prod() - inter))
 
 
-def _monai(commands: dict[str, list[str]], env: dict[str, str]) -> dict[str, subprocess.CompletedProcess]:
-    procs = {name: subprocess.Popen([sys.executable, "-m", "monai.bundle", *map(str, args)], env=env, cwd=REPO,
-                                    text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for name, args in commands.items()}
-    done = {}
-    for name, proc in procs.items():
-        try:
-            out, _ = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
-    return done
-
-
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory, monai_env):
+def toy(tmp_path_factory, monai_env, monai_bundle):
     """Install the plugin, train (60 iterations), resume to 120, resume again (a no-op), export the bundle and start
     MONAI's checks on it; every step through ``medkd.cli.main``."""
     root = tmp_path_factory.mktemp("toy")
@@ -98,7 +83,7 @@ def toy(tmp_path_factory, monai_env):
         env["PYTHONPATH"] = os.pathsep.join([str(info.parent), str(PLUGIN_SRC), env["PYTHONPATH"]])
         env.pop("MEDKD_NO_PLUGINS", None)
         meta, inference = bundle / "configs" / "metadata.json", bundle / "configs" / "inference.json"
-        monai = _monai({
+        monai = monai_bundle({
             "net_in_out": ["verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", inference,
                            "--n", "1", "--any", "24", "--device", "cpu"],  # "*" sizes: 24 pixels
             "metadata": ["verify_metadata", "--meta_file", meta, "--filepath", SCHEMA_PATH],
