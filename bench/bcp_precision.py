@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bcp_synthetic import CLASSES, _mean_std, _run_arm  # noqa: E402  (the same runs as arm C)
+from bcp_synthetic import CLASSES, COMMON, _mean_std, _run_arm, synthetic_data  # noqa: E402  (the same runs as arm C)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -46,16 +46,12 @@ def main() -> None:
     if args.quick:
         args.seeds, args.pretrain, args.selftrain = args.seeds[:1], 40, 60
 
-    from medkd.data.synthetic import write_synthetic_acdc
     from medkd.engine.loop import cpu_has_bf16
 
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = work / "data"
-    if not (data / "train_slices.list").exists():
-        write_synthetic_acdc(data, n_train=40, n_val=6, n_test=10, n_slices=10, size=64, seed=0)
-    common = ["patch=[64, 64]", "batch_size=16", "labeled_batch_size=8", "labeled=2", "val_interval=200",
-              "net=bcp_unet2d_half", "num_workers=0"]
+    data = synthetic_data(work)
+    common = list(COMMON)
     ctx = mp.get_context("spawn")
     results: dict[str, list[dict]] = {p: [] for p in PRECISIONS}
     started = time.perf_counter()

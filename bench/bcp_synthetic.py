@@ -30,6 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "apps" / "bcp" / "cpu_2d.yaml"
 METRICS = ("dice", "jaccard", "hd95", "asd")
 CLASSES = ("RV", "Myo", "LV")
+#: overrides of the cpu_2d preset shared by every arm (and by bench/bcp_precision.py)
+COMMON = ("patch=[64, 64]", "batch_size=16", "labeled_batch_size=8", "labeled=2", "val_interval=200",
+          "net=bcp_unet2d_half", "num_workers=0")
+
+
+def synthetic_data(work: Path) -> Path:
+    """The benchmark's synthetic ACDC-layout dataset under ``work/data`` (written once)."""
+    from medkd.data.synthetic import write_synthetic_acdc
+
+    data = work / "data"
+    if not (data / "train_slices.list").exists():
+        write_synthetic_acdc(data, n_train=40, n_val=6, n_test=10, n_slices=10, size=64, seed=0)
+    return data
 
 
 def _arm_overrides(arm: str, pre: int, self_: int) -> list[str]:
@@ -144,15 +157,10 @@ def main() -> None:
     if args.quick:
         args.seeds, args.pretrain, args.selftrain = args.seeds[:1], 40, 60
 
-    from medkd.data.synthetic import write_synthetic_acdc
-
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = work / "data"
-    if not (data / "train_slices.list").exists():
-        write_synthetic_acdc(data, n_train=40, n_val=6, n_test=10, n_slices=10, size=64, seed=0)
-    common = ["patch=[64, 64]", "batch_size=16", "labeled_batch_size=8", "labeled=2", "val_interval=200",
-              "net=bcp_unet2d_half", "num_workers=0"]
+    data = synthetic_data(work)
+    common = list(COMMON)
     ctx = mp.get_context("spawn")
     results = []
     started = time.perf_counter()
