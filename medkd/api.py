@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "bcp_train", "bcp_eval", "bcp_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
+    "bcp_train", "bcp_eval", "bcp_predict", "gt_train", "gt_stage", "gt_eval", "gt_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
     "demo",
 ]
 
@@ -64,6 +64,64 @@ def bcp_predict(run: str | Path, input: str | Path, output: str | Path, *, check
     from medkd.methods.bcp.predict import predict_paths
 
     return predict_paths(run, input, output, checkpoint=checkpoint)
+
+
+def gt_train(
+    config: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every Grounded Teacher stage of a preset plus ``key=value`` overrides (each skipped when done); see
+    :func:`medkd.methods.grounded_teacher.trainer.train_gt`."""
+    from medkd.config import load_config
+    from medkd.methods.grounded_teacher.config import GTConfig
+    from medkd.methods.grounded_teacher.trainer import train_gt
+
+    return train_gt(load_config(GTConfig, config, overrides), data_root, out, resume=resume, progress=progress)
+
+
+def gt_stage(
+    stage: str,
+    config: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one Grounded Teacher stage (``source``, ``pseudo_label``, ``expert_boxes``, ``adapt``); the stages
+    before it must be done."""
+    from medkd.config import load_config
+    from medkd.methods.grounded_teacher.config import GTConfig
+    from medkd.methods.grounded_teacher.trainer import run_stage
+
+    return run_stage(stage, load_config(GTConfig, config, overrides), data_root, out, resume=resume,
+                     progress=progress)
+
+
+def gt_eval(
+    run: str | Path, data_root: str | Path, *, split: str = "val", stage: str = "adapt",
+    json: str | Path | None = None,
+) -> dict[str, Any]:
+    """COCO AP, lesion FROC and image-level FROC of a GT run's model on a target split (writes ``json``)."""
+    from medkd.methods.grounded_teacher.evaluate import evaluate_run
+
+    return evaluate_run(run, data_root, split=split, stage=stage, json_path=json)
+
+
+def gt_predict(
+    run: str | Path, input: str | Path, output: str | Path, *, stage: str | None = None,
+    min_score: float | None = None,
+) -> dict[str, Any]:
+    """Detect lesions in an image or folder with a GT run: JSON per image, ``detections.csv``, PNGs with boxes."""
+    from medkd.methods.grounded_teacher.predict import predict_paths
+
+    return predict_paths(run, input, output, stage=stage, min_score=min_score)
 
 
 def pipeline_run(

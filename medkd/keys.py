@@ -19,3 +19,4 @@ class Keys(StrEnum):
     SCORES = "scores"
     TEACHER_PRED = "teacher_pred"
     CASE = "case"
+    GEOMETRY = "geometry"

@@ -19,7 +19,8 @@ Three ways in, none of which edits ``medkd/app``:
 A view needs nothing from ``medkd.app``: :class:`ViewContext` hands it the input, the chosen models and the shared
 run widget (:meth:`ViewContext.run`: progress, per-session cache, timings), the session's cache and folder, and a
 message scrubber for errors. Views of the same name registered again replace the old one (with a warning); the
-built-in segmentation view never replaces a view a plugin registered first.
+built-in views (``segmentation``; ``detection``: boxes on 2D images, :mod:`medkd.app.detection`) never replace a
+view a plugin registered first.
 
 Example:
     >>> def boxes(ctx):  # a detection page: ctx.run() gives each model's boxes, ctx.data the image
@@ -225,6 +226,8 @@ def register_builtin_views() -> None:
     if "segmentation" not in VIEWS:
         register_view("segmentation", "medkd.app.segmentation:render", inputs=("image2d", "volume"),
                       title="Segmentation")  # fmt: skip
+    if "detection" not in VIEWS:
+        register_view("detection", "medkd.app.detection:render", inputs=("image2d", "volume"), title="Detections")
 
 
 def _method_view(kind: str, method: str | None) -> View | None:

@@ -3,6 +3,7 @@
 
 ``seg``: Dice, Jaccard, HD95 and ASD with medpy's definitions and an explicit empty-mask policy, plus per-case
 summaries, tables and CSV. ``seg_inference``: the BCP evaluation protocols (ACDC slice-wise, LA sliding window).
+``detection``: COCO AP via MONAI and ``medkd gt eval``'s summary; ``froc``: lesion-level and image-level FROC.
 """
 
 from __future__ import annotations

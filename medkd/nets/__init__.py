@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Networks by registry name and task: the BCP reference networks and MONAI networks (all segmentation).
+"""Networks by registry name and task: the BCP reference networks and MONAI networks
+(segmentation), and ``retinanet2d`` (detection: MONAI's RetinaNet, loaded on first use).
 
 Each network is registered under a :class:`NetTask` (segmentation, detection, classification, video_encoder) whose
 contract :mod:`medkd.nets.contracts` checks. Importing this package registers every built-in network; MONAI
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from medkd.nets import retinanet as retinanet  # registers retinanet2d (task detection); MONAI loads lazily
 from medkd.nets.factory import NETS, NetTask, count_parameters, create_net, list_nets, net_task, register_net
 from medkd.nets.monai_nets import monai_basicunet, monai_unet, monai_vnet
 from medkd.nets.unet2d import BCPUNet2d, bcp_unet2d, bcp_unet2d_half
