@@ -192,6 +192,8 @@ class SeriesInfo:
         header: the first file's header, without pixel data, for selection rules on any keyword.
         truncated: files naming this series whose pixel data is missing (``truncated`` entries); the series is
             skipped as ``truncated`` when there is any.
+        headers: each file's header (no pixel data), only when the scan was asked to keep them
+            (``keep_headers=True``: per-instance pipelines select each image on its own header); else empty.
     """
 
     series_uid: str
@@ -201,6 +203,7 @@ class SeriesInfo:
     files: list[Path] = field(default_factory=list)
     header: Dataset = field(default_factory=Dataset, repr=False)
     truncated: list[Path] = field(default_factory=list)
+    headers: dict[Path, Dataset] = field(default_factory=dict, repr=False)
 
     @property
     def n_files(self) -> int:
@@ -431,7 +434,9 @@ def scan_file(path: str | Path) -> tuple[FileEntry, Dataset | None]:
     return FileEntry(path, "ok", None, "", series_uid, sop_uid), ds
 
 
-def group_series(results: Iterable[tuple[FileEntry, Dataset | None]]) -> list[SeriesInfo]:
+def group_series(
+    results: Iterable[tuple[FileEntry, Dataset | None]], *, keep_headers: bool = False
+) -> list[SeriesInfo]:
     """Group ``ok`` files by ``SeriesInstanceUID``; note the series' files without pixel data.
 
     A ``truncated`` entry, or a header-only one (:attr:`FileEntry.header_only`), naming a series that has image
@@ -440,6 +445,7 @@ def group_series(results: Iterable[tuple[FileEntry, Dataset | None]]) -> list[Se
 
     Args:
         results: :func:`scan_file` outputs; the first header seen for a series becomes its ``header``.
+        keep_headers: keep every file's header in :attr:`SeriesInfo.headers` (memory grows with the file count).
 
     Returns:
         The series sorted by UID, each with its files sorted by path.
@@ -459,6 +465,8 @@ def group_series(results: Iterable[tuple[FileEntry, Dataset | None]]) -> list[Se
                 header=header,
             )
         info.files.append(entry.path)
+        if keep_headers:
+            info.headers[entry.path] = header
     for entry, _ in results:
         info = series.get(entry.series_uid or "")
         if info is None or entry.status == "ok" or not (entry.reason == Reason.TRUNCATED or entry.header_only):
@@ -474,7 +482,7 @@ def group_series(results: Iterable[tuple[FileEntry, Dataset | None]]) -> list[Se
 
 
 def scan_tree(
-    root: str | Path, *, progress: bool = False, exclude: Sequence[str | Path] = ()
+    root: str | Path, *, progress: bool = False, exclude: Sequence[str | Path] = (), keep_headers: bool = False
 ) -> tuple[list[SeriesInfo], list[FileEntry]]:
     """Scan a folder for DICOM image series (stage 1 of the batch pipeline).
 
@@ -486,6 +494,7 @@ def scan_tree(
         root: the input folder (a single file is scanned alone).
         progress: show a tqdm bar (only on a terminal).
         exclude: folders not to enter (the output folder, when it lies inside ``root``).
+        keep_headers: keep every image file's header in :attr:`SeriesInfo.headers` (per-instance pipelines).
 
     Returns:
         ``(series sorted by SeriesInstanceUID, one entry per path sorted by path)``: every regular file, symbolic
@@ -503,7 +512,7 @@ def scan_tree(
 
     files, entries = list_files(root, exclude=exclude)
     results = [scan_file(p) for p in tqdm(files, desc="scan", unit="file", disable=None if progress else True)]
-    series = group_series(results)
+    series = group_series(results, keep_headers=keep_headers)
     entries.extend(entry for entry, _ in results)
     entries.sort(key=lambda e: e.path)
     n_ok = sum(e.status == "ok" for e in entries)

@@ -60,6 +60,10 @@ __all__ = [
     "detection_records",
     "write_detection_sr",
     "write_detection_sidecars",
+    "procedure_code",
+    "observation_context",
+    "tracking_identifier",
+    "tracking_label",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,9 @@ FINDING: Code = ("SCT", "404684003", "Finding")
 _PROCEDURES: dict[str, Code] = {
     "CT": ("SCT", "77477000", "Computed tomography"),
     "MR": ("SCT", "113091000", "Magnetic resonance imaging"),
+    "MG": ("SCT", "71651007", "Mammography"),
+    "DX": ("SCT", "363680008", "Radiographic imaging procedure"),
+    "CR": ("SCT", "363680008", "Radiographic imaging procedure"),
 }
 _IMAGING: Code = ("SCT", "363679005", "Imaging procedure")
 
@@ -169,14 +176,46 @@ def box_diameter_mm(datasets: Sequence[Dataset], box: Sequence[float]) -> float:
     return float(np.linalg.norm(edges, axis=1).max())
 
 
-def _tracking_id(detection: Detection, index: int) -> str:
+def tracking_label(detection: Any, index: int) -> str:
+    """The tracking identifier text of finding ``index``: ``"<label> #<index + 1>"`` (cut to 64)."""
     return f"{detection.label} #{index + 1}"[:LO_MAX]
+
+
+_tracking_id = tracking_label
 
 
 def _tracking_uid(uid_entropy: Sequence[str], index: int) -> str:
     from pydicom.uid import generate_uid
 
     return str(generate_uid(entropy_srcs=[*(str(e) for e in uid_entropy), "finding", str(index)]))
+
+
+def tracking_identifier(hd: Any, detection: Any, index: int, uid_entropy: Sequence[str]) -> Any:
+    """The ``TrackingIdentifier`` of finding ``index``: ``"<label> #<index + 1>"`` and a UID from ``uid_entropy``
+    (the same inputs give the same UID, so reruns are idempotent). ``detection`` needs a ``label``."""
+    return hd.sr.TrackingIdentifier(uid=_tracking_uid(uid_entropy, index), identifier=_tracking_id(detection, index))
+
+
+def procedure_code(modality: str) -> Code:
+    """The procedure an SR reports, by the source ``Modality`` (CT, MR, MG, DX/CR; else "Imaging procedure")."""
+    return _PROCEDURES.get(str(modality).upper(), _IMAGING)
+
+
+def observation_context(hd: Any, model_name: str, model_version: str) -> tuple[Any, Any]:
+    """``(AlgorithmIdentification, ObservationContext)`` of a report made by the model as observer device."""
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:LO_MAX], version=model_version[:LO_MAX])
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=str(generate_uid(entropy_srcs=["medkd", model_name, model_version, "device"])),
+        name=model_name[:LO_MAX], manufacturer_name="medkd", model_name=model_name[:LO_MAX],
+    )  # fmt: skip
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(observer_type=codes.DCM.Device,
+                                                      observer_identifying_attributes=device)
+    )  # fmt: skip
+    return algorithm, context
 
 
 def _finding_group(
@@ -197,9 +236,7 @@ def _finding_group(
                           unit=codes.UCUM.Millimeter, algorithm_id=algorithm),
     ]  # fmt: skip
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=_tracking_uid(uid_entropy, index), identifier=_tracking_id(detection, index)
-        ),
+        tracking_identifier=tracking_identifier(hd, detection, index, uid_entropy),
         referenced_region=region,
         finding_type=coded(detection.code or FINDING),
         algorithm_id=algorithm,
@@ -266,22 +303,10 @@ def _build_sr(
     uid_entropy: Sequence[str], series_number: int,
 ) -> Any:
     """The highdicom Comprehensive 3D SR of ``detections`` on (defensive copies of) the source slices."""
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
-
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:LO_MAX], version=model_version[:LO_MAX])
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=str(generate_uid(entropy_srcs=["medkd", model_name, model_version, "device"])),
-        name=model_name[:LO_MAX], manufacturer_name="medkd", model_name=model_name[:LO_MAX],
-    )  # fmt: skip
-    context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(observer_type=codes.DCM.Device,
-                                                      observer_identifying_attributes=device)
-    )  # fmt: skip
-    modality = str(datasets[0].get("Modality", "")).upper()
+    algorithm, context = observation_context(hd, model_name, model_version)
     report = hd.sr.MeasurementReport(
         observation_context=context,
-        procedure_reported=coded(_PROCEDURES.get(modality, _IMAGING)),
+        procedure_reported=coded(procedure_code(str(datasets[0].get("Modality", "")))),
         imaging_measurements=[
             _finding_group(hd, datasets, det, i, uid_entropy, algorithm) for i, det in enumerate(detections)
         ],

@@ -3,7 +3,8 @@
 
 - :mod:`~medkd.pipeline.config`: :class:`PipelineConfig` (the pipeline YAML) with its typed ``outputs:`` blocks,
   :func:`load_pipeline`, :func:`resolve_model`.
-- :mod:`~medkd.pipeline.runner`: :func:`run_pipeline` (scan, select, decode, infer, write, report).
+- :mod:`~medkd.pipeline.runner`: :func:`run_pipeline` (scan, select, decode, infer, write, report); a job is a
+  series (``unit: series``, volumes) or one image (``unit: instance``: MG/DX/CR, :mod:`~medkd.pipeline.instances`).
 - :mod:`~medkd.pipeline.writers`: :data:`OUTPUT_WRITERS`, writers by model kind (segmentation: DICOM SEG + NIfTI;
   detection: DICOM SR + ``detections.json``/``.csv``).
 - :mod:`~medkd.pipeline.decode`: series decoding in worker processes; :mod:`~medkd.pipeline.report`: report rows;

@@ -15,6 +15,20 @@ writes ``seg`` and ``nifti``, a detection model ``sr``; see :mod:`medkd.pipeline
 reports and the app read them. Unknown keys in a block are errors naming the file and the dotted key
 (``outputs.seg.tpye``), and ``--set outputs.seg.type=labelmap`` reaches a block's field.
 
+``unit:`` says what one job is: ``series`` (default) decodes every selected series into one volume (CT, MR) and
+writes one set of outputs per series into ``OUT/<StudyUID>/<SeriesUID>/``; ``instance`` makes every selected SOP
+instance (one file, one 2D image: mammography MG, DX, CR) a job of its own, with its own outputs in
+``OUT/<StudyUID>/<SeriesUID>/<SOPInstanceUID>/`` and its own report row (``kind: instance``). With ``instance``,
+selection rules are checked on each image's own header (``ViewPosition: CC`` picks the CC views of a series), the
+model gets a float32 ``(y, x)`` image, and only models whose writer handles 2D images (``detection``: a 2D SR per
+image) can run; ``min_slices`` (above 1) and ``all_matched: false`` have no meaning there and are errors:
+
+.. code-block:: yaml
+
+    unit: instance
+    selection:
+      - {name: mammo, conditions: {Modality: "(?i)^MG$"}}
+
 The keys of issue 8's YAML still read: ``write_seg`` is ``outputs.seg.enabled``, ``seg_type`` is
 ``outputs.seg.type`` and ``write_nifti`` is ``outputs.nifti.enabled``; giving an old key and its block field
 different values is a :class:`~medkd.errors.ConfigError`.
@@ -49,6 +63,7 @@ __all__ = [
     "PipelineConfig",
     "SegOutput",
     "SrOutput",
+    "UNITS",
     "check_device",
     "load_pipeline",
     "resolve_model",
@@ -57,6 +72,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")
+
+#: values of ``unit``: what one job of a pipeline is
+UNITS: tuple[str, ...] = ("series", "instance")
 
 #: issue 8's top-level keys -> (block, field) of ``outputs`` they now spell
 LEGACY_OUTPUT_KEYS: dict[str, tuple[str, str]] = {
@@ -109,9 +127,11 @@ class NiftiOutput:
 
 @dataclass(frozen=True, kw_only=True)
 class SrOutput:
-    """``outputs.sr``: a DICOM Comprehensive 3D SR (TID 1500) of the detections (detection models).
+    """``outputs.sr``: a DICOM Comprehensive 3D SR (TID 1500) of the detections (detection models), per series
+    (3D points) or, with ``unit: instance``, per image (2D rectangles, :mod:`medkd.io.dicom_sr2d`).
 
-    A series with no detection gets no SR (TID 1500 needs a finding); its ``detections.json``/``.csv`` say so.
+    A series (or image) with no detection gets no SR (TID 1500 needs a finding); its ``detections.json``/``.csv``
+    say so.
 
     Attributes:
         enabled: write ``sr.dcm`` (default true).
@@ -152,6 +172,10 @@ class PipelineConfig:
             empty selects every image series.
         all_matched: process every series that matches a rule (default); ``false`` keeps one series per study and
             rule, the one with the most slices (ties: lowest SeriesNumber, then UID), as MONAI Deploy's selector.
+        unit: ``series`` (default: a series is one volume, one job) or ``instance`` (every selected SOP instance is a
+            2D image and a job of its own, written to ``OUT/<study>/<series>/<SOPInstanceUID>/``; rules are checked
+            on each image's header; ``min_slices`` above 1 and ``all_matched: false`` are errors). See the module
+            docstring.
         outputs: one block per written file (:class:`OutputsConfig`): ``seg: {enabled, type}`` (DICOM SEG,
             ``binary`` or ``labelmap``), ``nifti: {enabled}`` (NIfTI mask), ``sr: {enabled}`` (DICOM SR of
             detections). ``result.json`` and the detection sidecars are always written.
@@ -160,7 +184,8 @@ class PipelineConfig:
         write_nifti: old spelling of ``outputs.nifti.enabled`` (still read; ``None`` after reading).
 
     Raises:
-        ConfigError: a bad ``device`` or ``seg_type``, or an old key that disagrees with its ``outputs`` field.
+        ConfigError: a bad ``device``, ``seg_type`` or ``unit`` (or ``unit: instance`` with ``min_slices`` above 1
+            or ``all_matched: false``), or an old key that disagrees with its ``outputs`` field.
     """
 
     name: str = "pipeline"
@@ -169,6 +194,7 @@ class PipelineConfig:
     device: str = "auto"
     selection: list[dict[str, Any]] = field(default_factory=list)
     all_matched: bool = True
+    unit: str = "series"
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     write_seg: bool | None = None
     seg_type: str | None = None
@@ -176,6 +202,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_device(self.device, "device")
+        _check_unit(self.unit, self.selection, self.all_matched)
         if self.seg_type is not None and str(self.seg_type) not in ("binary", "labelmap"):
             raise ConfigError(f"seg_type must be 'binary' or 'labelmap', got {str(self.seg_type)[:40]!r}")
         outputs = self.outputs
@@ -198,6 +225,25 @@ class PipelineConfig:
             object.__setattr__(self, old_key, None)
         resolved = {name: dataclasses.replace(blocks[name], **changes.get(name, {})) for name in blocks}
         object.__setattr__(self, "outputs", OutputsConfig(**resolved))
+
+
+def _check_unit(unit: Any, selection: Any, all_matched: Any) -> None:
+    """A :class:`ConfigError` for a ``unit`` other than ``series``/``instance``, or settings that only mean
+    something per series (``min_slices`` above 1, ``all_matched: false``) with ``unit: instance``."""
+    if not isinstance(unit, str) or unit not in UNITS:
+        raise ConfigError(f"unit must be 'series' (a series is one volume) or 'instance' (an image per SOP instance: "
+                          f"MG, DX, CR), got {str(unit)[:40]!r}")
+    if unit != "instance":
+        return
+    if all_matched is False:
+        raise ConfigError("all_matched: false keeps one series per study; with unit: instance every selected image "
+                          "is processed: remove all_matched or use unit: series")
+    rules = selection if isinstance(selection, Sequence) and not isinstance(selection, (str, bytes)) else []
+    for i, rule in enumerate(rules):
+        slices = rule.get("min_slices", 1) if isinstance(rule, Mapping) else 1
+        if isinstance(slices, int) and not isinstance(slices, bool) and slices > 1:
+            raise ConfigError(f"selection[{i}].min_slices: {slices} counts a series' files; with unit: instance each "
+                              "image is its own job: remove min_slices or use unit: series")
 
 
 def _plain(value: Any) -> Any:

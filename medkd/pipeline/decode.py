@@ -14,11 +14,11 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["exit_with_parent", "load_volume_guarded", "volumes"]
+__all__ = ["exit_with_parent", "load_image_guarded", "load_volume_guarded", "volumes"]
 
 _PARENT_POLL_S = 0.5  # how often a decode worker checks that the main process is alive
 
@@ -61,6 +61,31 @@ def load_volume_guarded(files: Sequence[str], min_slices: int) -> Loaded:
         return None, "unreadable", message, time.perf_counter() - start
 
 
+def load_image_guarded(files: Sequence[str], min_slices: int = 1) -> Loaded:
+    """Worker entry of an instance job: ``(image or None, reason, message, seconds)`` for the one file in
+    ``files`` (:func:`~medkd.pipeline.instances.load_instance_image`); never raises (except interrupts).
+
+    ``min_slices`` is unused (same signature as :func:`load_volume_guarded`). Messages carry no patient values.
+    """
+    from medkd.io.dicom_scan import safe_short
+    from medkd.io.dicom_seg import quiet_phi_warnings
+    from medkd.io.dicom_volume import SeriesError
+    from medkd.io.phi import redact
+    from medkd.pipeline.instances import load_instance_image
+
+    start = time.perf_counter()
+    try:
+        if len(files) != 1:
+            raise SeriesError("unsupported", f"an instance job reads one file, got {len(files)}")
+        with quiet_phi_warnings():
+            return load_instance_image(files[0]), "", "", time.perf_counter() - start
+    except SeriesError as err:
+        return None, str(err.reason), err.message, time.perf_counter() - start
+    except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
+        message = redact(safe_short(err), _phi_of_files(files))
+        return None, "unreadable", message, time.perf_counter() - start
+
+
 def exit_with_parent(parent_pid: int) -> None:
     """Decode worker initializer: a daemon thread ends the worker as soon as the main process is gone.
 
@@ -77,14 +102,18 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="medkd-parent-watch", daemon=True).start()
 
 
-def volumes(jobs: list[tuple[Any, int]], workers: int) -> Iterator[tuple[Any, Loaded]]:
+def volumes(
+    jobs: list[tuple[Any, int]], workers: int, load: Callable[[Sequence[str], int], Loaded] | None = None
+) -> Iterator[tuple[Any, Loaded]]:
     """Load ``(series, min_slices)`` volumes in order, in-process (``workers == 0``) or in ``workers`` spawn
-    processes, at most ``2 * workers`` in flight."""
+    processes, at most ``2 * workers`` in flight. ``load`` (a module-level function, so spawn workers can import
+    it): :func:`load_volume_guarded` (series jobs, the default) or :func:`load_image_guarded` (instance jobs)."""
     from medkd.io.dicom_scan import safe_short
 
+    load = load_volume_guarded if load is None else load
     if workers <= 0:
         for series, min_slices in jobs:
-            yield series, load_volume_guarded([str(p) for p in series.files], min_slices)
+            yield series, load([str(p) for p in series.files], min_slices)
         return
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
@@ -93,14 +122,14 @@ def volumes(jobs: list[tuple[Any, int]], workers: int) -> Iterator[tuple[Any, Lo
         pending: list[tuple[Any, Future]] = []
         queue = iter(jobs)
         for series, min_slices in queue:
-            pending.append((series, pool.submit(load_volume_guarded, [str(p) for p in series.files], min_slices)))
+            pending.append((series, pool.submit(load, [str(p) for p in series.files], min_slices)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             series, future = pending.pop(0)
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append((nxt[0], pool.submit(load_volume_guarded, [str(p) for p in nxt[0].files], nxt[1])))
+                pending.append((nxt[0], pool.submit(load, [str(p) for p in nxt[0].files], nxt[1])))
             try:
                 result = future.result()
             except Exception as err:  # noqa: BLE001 - a crashed worker (e.g. out of memory) fails only its series

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The batch report: a row per input file and per series, written as ``medkd_report.{csv,json}``.
+"""The batch report: a row per input file and per series (per image with ``unit: instance``), written as
+``medkd_report.{csv,json}``.
 
 Example:
     >>> rows = [ReportRow("series", "processed", series_uid="1.2"), ReportRow("file", "ok", path="a.dcm")]
@@ -22,12 +23,16 @@ __all__ = ["REPORT_FIELDS", "STATUSES", "PipelineSummary", "ReportRow", "write_r
 
 STATUSES = ("processed", "unchanged", "skipped", "failed", "ok")
 REPORT_FIELDS = ("kind", "status", "reason", "message", "path", "study_uid", "series_uid", "rule", "n_files",
-                 "seconds", "outputs")
+                 "seconds", "outputs", "sop_uid")
+#: report rows in this order: files, then series, then images (instance jobs)
+_KIND_ORDER = {"file": 0, "series": 1, "instance": 2}
 
 
 @dataclass
 class ReportRow:
-    """One line of the report: an input file (``kind == "file"``) or a series (``kind == "series"``)."""
+    """One line of the report: an input file (``kind == "file"``), a series (``kind == "series"``) or, in a
+    ``unit: instance`` pipeline, an image job (``kind == "instance"``, ``path`` its file, ``sop_uid`` its
+    ``SOPInstanceUID``)."""
 
     kind: str
     status: str
@@ -40,6 +45,7 @@ class ReportRow:
     n_files: int = 0
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    sop_uid: str = ""
 
 
 @dataclass
@@ -62,16 +68,20 @@ class PipelineSummary:
 
     def line(self) -> str:
         """One-line summary for the terminal."""
-        s, f = self.counts("series"), self.counts("file")
+        s, f, i = self.counts("series"), self.counts("file"), self.counts("instance")
+        images = (
+            f"images: {i['processed']} processed, {i['unchanged']} unchanged, {i['skipped']} skipped, "
+            f"{i['failed']} failed; " if any(row.kind == "instance" for row in self.rows) else ""
+        )
         return (
-            f"series: {s['processed']} processed, {s['unchanged']} unchanged, {s['skipped']} skipped, "
+            f"{images}series: {s['processed']} processed, {s['unchanged']} unchanged, {s['skipped']} skipped, "
             f"{s['failed']} failed; files: {sum(f.values())} ({f['skipped']} skipped); report: {self.report_csv}"
         )
 
 
 def write_report(rows: list[ReportRow], out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """Report as CSV and JSON (atomic); rows sorted files first, then series, by path/UID."""
-    rows.sort(key=lambda r: (r.kind != "file", r.series_uid if r.kind == "series" else r.path))
+    """Report as CSV and JSON (atomic); rows sorted files first, then series (by UID), then images (by path)."""
+    rows.sort(key=lambda r: (_KIND_ORDER.get(r.kind, 3), r.series_uid if r.kind == "series" else r.path))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS)
     writer.writeheader()

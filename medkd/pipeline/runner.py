@@ -14,6 +14,14 @@ Stages (each a plain function in :mod:`medkd.io`; MONAI Deploy's operator bounda
    An interrupted run leaves no half-written series; a rerun skips series whose ``done.json`` fingerprint (versions,
    weights, pipeline and writer settings, SOP instances) matches.
 
+**Per-instance jobs** (``unit: instance`` in the YAML, :mod:`medkd.pipeline.instances`): for projection images
+(mammography MG, DX, CR) one SOP instance is one 2D image. The scan keeps each file's header, the rules are checked
+on each image's own header, each selected image is decoded alone (float32 ``(y, x)``, modality LUT applied,
+``MONOCHROME1`` inverted), the model gets that image, and its writer (one registered with ``images=True``: detection,
+a 2D SR per image) writes into ``OUT/.work/<SeriesUID>/<SOPInstanceUID>/``, moved to
+``OUT/<StudyUID>/<SeriesUID>/<SOPInstanceUID>/``. Each image gets its own report row (``kind: instance``) and
+``done.json``, so reruns skip finished images; a series none of whose images is selected gets one ``series`` row.
+
 Every input file and every series gets a row in ``OUT/medkd_report.{csv,json}`` (processed, unchanged, skipped
 with a reason, or failed with the error); only ``KeyboardInterrupt`` or a failed report write stops the batch.
 
@@ -45,10 +53,11 @@ from medkd.errors import ConfigError, DataError
 from medkd.io.atomic import write_text_atomic
 from medkd.io.safe_paths import clear_work, inside, prepare_output, remove
 from medkd.pipeline.config import PipelineConfig, check_device, load_pipeline, resolve_model
-from medkd.pipeline.decode import Loaded, volumes
+from medkd.pipeline.decode import Loaded, load_image_guarded, volumes
+from medkd.pipeline.instances import InstanceInfo
 from medkd.pipeline.report import PipelineSummary, ReportRow, write_report
 from medkd.pipeline.sharding import in_shard, parse_shard
-from medkd.pipeline.writers import OUTPUT_WRITERS, WriteContext, writer_blocks
+from medkd.pipeline.writers import OUTPUT_WRITERS, WriteContext, writer_blocks, writes_images
 
 __all__ = ["run_pipeline", "writer_settings"]
 
@@ -217,6 +226,16 @@ def run_pipeline(
     return summary
 
 
+def _job_key(job: Any) -> tuple[str, str]:
+    """``(series UID, SOP instance UID or "")``: a job's identity (a series, or one image of it)."""
+    return job.series_uid, job.sop_uid if isinstance(job, InstanceInfo) else ""
+
+
+def _job_name(job: Any) -> str:
+    """``series <uid>`` or ``image <sop uid>`` for log lines (UIDs only, never patient values)."""
+    return f"image {job.sop_uid}" if isinstance(job, InstanceInfo) else f"series {job.series_uid}"
+
+
 def _writer_for(predictor: Any) -> Callable:
     """The writer registered for the predictor's kind, or a :class:`ConfigError` naming the kinds with one."""
     try:
@@ -246,6 +265,7 @@ class _Batch:
         self.entries: list[Any] = []
         self.sop_uids: dict[str, list[str]] = {}  # series UID -> its instances (the fingerprint's input)
         self.scan_seconds = 0.0
+        self.per_instance = cfg.unit == "instance"
 
     def rel(self, path: str | Path) -> str:
         """Path relative to the input folder (reports never hold absolute paths from elsewhere)."""
@@ -256,7 +276,8 @@ class _Batch:
         from medkd.io.dicom_scan import scan_tree
 
         start = time.perf_counter()
-        series_list, self.entries = scan_tree(self.input_dir, progress=self.progress, exclude=[self.out_dir])
+        series_list, self.entries = scan_tree(self.input_dir, progress=self.progress, exclude=[self.out_dir],
+                                              keep_headers=self.per_instance)
         self.scan_seconds = time.perf_counter() - start
         for entry in self.entries:
             if entry.status == "ok" and entry.series_uid:
@@ -265,9 +286,9 @@ class _Batch:
             if in_shard(entry.series_uid or self.rel(entry.path), self.shard):
                 self.rows.append(ReportRow("file", entry.status, str(entry.reason or ""), entry.message,
                                            self.rel(entry.path), series_uid=entry.series_uid or ""))
-        jobs = self._select(series_list)
+        jobs = self._select_instances(series_list) if self.per_instance else self._select(series_list)
         if not jobs:
-            logger.info("no series selected")
+            logger.info("no %s selected", "image" if self.per_instance else "series")
             return
         if predictor is None:
             from medkd.inference import load_predictor
@@ -275,6 +296,11 @@ class _Batch:
             model_dir = resolve_model(model or self.cfg.model, self.pipeline_file)
             predictor = load_predictor(model_dir, device or self.cfg.device, trust=self.trust_bundle)
         writer = _writer_for(predictor)
+        if self.per_instance and not writes_images(predictor.kind):
+            images = [kind for kind in OUTPUT_WRITERS.list() if writes_images(kind)]
+            raise ConfigError(f"unit: instance runs models on 2D images; model {predictor.name!r} is a "
+                              f"{predictor.kind!r} model, whose writer needs a series (unit: series). Models that "
+                              f"run per image: {', '.join(images)}")
         todo = [job for job in jobs if not self._unchanged(*job, predictor)]
         self._infer_and_write(todo, predictor, writer)
 
@@ -298,19 +324,67 @@ class _Batch:
         self.rows += [row for row in rows if in_shard(row.series_uid, self.shard)]
         return [(s, r) for s, r in jobs if in_shard(s.series_uid, self.shard)]
 
+    def _select_instances(self, series_list: list[Any]) -> list[tuple[Any, Any]]:
+        """Images to process (``unit: instance``; this shard's series), each selected on its own header.
+
+        An image no rule picks gets an ``instance`` row; a series none of whose images is picked, all for the same
+        reason (a CT series in a mammography pipeline), gets one ``series`` row instead of a row per image.
+        """
+        from medkd.io.dicom_select import Selection, select_series
+        from medkd.pipeline.instances import instance_problem, split_instances
+
+        jobs = []
+        for series in series_list:
+            if not in_shard(series.series_uid, self.shard):
+                continue
+            picked, skipped = [], []
+            for image in split_instances(series):
+                selection = select_series(image, self.rules, root=self.input_dir)
+                problem = instance_problem(image) if selection.rule is not None else None
+                if problem is not None:
+                    selection = Selection(None, *problem)
+                if selection.rule is None:
+                    skipped.append((image, selection))
+                else:
+                    picked.append((image, selection.rule))
+            reasons = {str(selection.reason) for _, selection in skipped}
+            if skipped and not picked and len(reasons) == 1:
+                message = skipped[0][1].message
+                message = f"all {len(skipped)} images: {message}" if len(skipped) > 1 else message
+                self.rows.append(self._series_row(series, "skipped", reasons.pop(), message))
+                continue
+            self.rows += [self._series_row(image, "skipped", str(sel.reason), sel.message) for image, sel in skipped]
+            jobs += picked
+        return jobs
+
     def _series_row(self, series: Any, status: str, reason: str = "", message: str = "", rule: str = "") -> ReportRow:
+        """The row of a series job, or of an image job (``kind: instance``) when ``series`` is an image."""
+        if isinstance(series, InstanceInfo):
+            return ReportRow("instance", status, reason, message, self.rel(series.files[0]), series.study_uid,
+                             series.series_uid, rule, 1, sop_uid=series.sop_uid)
         return ReportRow("series", status, reason, message, self.rel(series.files[0].parent), series.study_uid,
                          series.series_uid, rule, series.n_files)
 
     def _fingerprint(self, series: Any, predictor: Any) -> dict[str, Any]:
+        if isinstance(series, InstanceInfo):
+            return _fingerprint(self.cfg, predictor, [series.sop_uid])
         return _fingerprint(self.cfg, predictor, self.sop_uids.get(series.series_uid, []))
 
     def _paths(self, series: Any) -> tuple[Path, Path]:
-        """``(OUT/.work/<series>, OUT/<study>/<series>)``, checked to lie inside OUT (UIDs were checked at
-        selection; this guards every path built from header values anyway)."""
+        """``(OUT/.work/<series>, OUT/<study>/<series>)`` (an image: ``OUT/.work/<series>/<sop>``,
+        ``OUT/<study>/<series>/<sop>``), checked to lie inside OUT (UIDs were checked at selection; this guards
+        every path built from header values anyway)."""
         work = self.work_root / series.series_uid
         final = self.out_dir / series.study_uid / series.series_uid
+        if isinstance(series, InstanceInfo):
+            work, final = work / series.sop_uid, final / series.sop_uid
         return inside(self.out_dir, inside(self.work_root, work)), inside(self.out_dir, final)
+
+    def _clear_work_parent(self, work: Path) -> None:
+        """After an image job, remove its series' ``.work/<series>`` folder once empty."""
+        if work.parent != self.work_root:
+            with contextlib.suppress(OSError):
+                work.parent.rmdir()
 
     def _unchanged(self, series: Any, rule: Any, predictor: Any) -> bool:
         try:
@@ -328,12 +402,14 @@ class _Batch:
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        rules = {series.series_uid: rule for series, rule in todo}
-        bar = tqdm(total=len(todo), desc=self.cfg.name, unit="series", disable=None if self.progress else True)
+        rules = {_job_key(series): rule for series, rule in todo}
+        unit = "image" if self.per_instance else "series"
+        load = load_image_guarded if self.per_instance else None
+        bar = tqdm(total=len(todo), desc=self.cfg.name, unit=unit, disable=None if self.progress else True)
         with logging_redirect_tqdm():
             try:
-                for series, loaded in volumes([(s, r.min_slices) for s, r in todo], self.workers):
-                    self.rows.append(self._process(series, rules[series.series_uid], loaded, predictor, writer))
+                for series, loaded in volumes([(s, r.min_slices) for s, r in todo], self.workers, load):
+                    self.rows.append(self._process(series, rules[_job_key(series)], loaded, predictor, writer))
                     bar.update(1)
             finally:
                 bar.close()
@@ -345,8 +421,9 @@ class _Batch:
         volume, reason, message, read_s = loaded
         row = self._series_row(series, "skipped", reason, message, rule.name)
         row.seconds = round(read_s, 3)
+        what = _job_name(series)
         if volume is None:
-            logger.info("series %s skipped: %s (%s)", series.series_uid, reason, message)
+            logger.info("%s skipped: %s (%s)", what, reason, message)
             return row
         start = time.perf_counter()
         try:
@@ -356,7 +433,7 @@ class _Batch:
                 check(output, volume.array)
         except Exception as err:  # noqa: BLE001 - one series' failure must not stop the batch
             secrets = phi_values(volume.datasets)
-            logger.error("series %s: model failed\n%s", series.series_uid, redact(traceback.format_exc(), secrets))
+            logger.error("%s: model failed\n%s", what, redact(traceback.format_exc(), secrets))
             row.status, row.reason, row.message = "failed", "model_error", safe_error(err, volume.datasets)
             return row
         infer_s = time.perf_counter() - start
@@ -366,11 +443,12 @@ class _Batch:
             work, final = self._paths(series)
             remove(self.work_root, work)
             work.mkdir(parents=True)
-            entropy = _uid_entropy(self.cfg, predictor.kind, series.series_uid, predictor)
+            entropy = _uid_entropy(self.cfg, predictor.kind, _job_key(series)[-1] or series.series_uid, predictor)
             files, result = writer(volume, output, WriteContext(work, self.cfg, predictor, entropy))
             write_s = time.perf_counter() - start
+            image = {"sop_instance_uid": series.sop_uid} if isinstance(series, InstanceInfo) else {}
             result = {
-                "series_uid": series.series_uid, "study_uid": series.study_uid, "modality": series.modality,
+                "series_uid": series.series_uid, "study_uid": series.study_uid, **image, "modality": series.modality,
                 "series_description": series.description, "rule": rule.name, "shape": list(volume.array.shape),
                 "spacing_mm": [round(float(s), 6) for s in volume.spacing], "model": predictor.describe(), **result,
                 "seconds": {"read": round(read_s, 4), "infer": round(infer_s, 4), "write": round(write_s, 4)},
@@ -381,25 +459,30 @@ class _Batch:
             inside(self.out_dir, final.parent).mkdir(parents=True, exist_ok=True)
             remove(self.out_dir, inside(self.out_dir, final))  # checked again: its parent now exists
             os.replace(work, final)
+            self._clear_work_parent(work)
         except Exception as err:  # noqa: BLE001
             secrets = phi_values(volume.datasets)
-            logger.error("series %s: writing failed\n%s", series.series_uid, redact(traceback.format_exc(), secrets))
+            logger.error("%s: writing failed\n%s", what, redact(traceback.format_exc(), secrets))
             if work is not None:
                 with contextlib.suppress(Exception):
                     remove(self.work_root, work)
+                self._clear_work_parent(work)
             row.status, row.reason, row.message = "failed", "write_error", safe_error(err, volume.datasets)
             return row
         row.status, row.reason, row.message = "processed", "", ""
         row.seconds = round(read_s + infer_s + write_s, 3)
         row.outputs = sorted(str((final / name).relative_to(self.out_dir)) for name in result["outputs"])
-        logger.info("series %s: read %.2fs, infer %.2fs, write %.2fs", series.series_uid, read_s, infer_s, write_s)
+        logger.info("%s: read %.2fs, infer %.2fs, write %.2fs", what, read_s, infer_s, write_s)
         return row
 
     def finished_rows(self) -> list[ReportRow]:
-        """Rows with each series' files carrying their series' outcome (``ok`` files of unfinished series stay)."""
+        """Rows with each series' files carrying their series' (or image's) outcome (``ok`` files of unfinished
+        jobs stay)."""
         outcome = {r.series_uid: r for r in self.rows if r.kind == "series"}
+        images = {r.path: r for r in self.rows if r.kind == "instance"}
         for row in self.rows:
-            if row.kind == "file" and row.status == "ok" and row.series_uid in outcome:
-                series_row = outcome[row.series_uid]
-                row.status, row.reason, row.study_uid = series_row.status, series_row.reason, series_row.study_uid
+            if row.kind == "file" and row.status == "ok":
+                job_row = images.get(row.path) or outcome.get(row.series_uid)
+                if job_row is not None:
+                    row.status, row.reason, row.study_uid = job_row.status, job_row.reason, job_row.study_uid
         return self.rows
