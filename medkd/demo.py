@@ -9,7 +9,11 @@
    ``models/zoo.yaml``; ``medkd app`` shows them side by side);
 6. writes the test case as a DICOM MR series next to a CT series, and runs the DICOM pipeline
    ``pipelines/acdc_cine_mr.yaml`` with the bundle: DICOM SEG, NIfTI mask and volumes for the MR series only;
-7. prints where everything is.
+7. Grounded Teacher: writes synthetic source and target mammography-like domains (COCO layout, a simulated expert
+   CSV), adapts a RetinaNet lesion detector with ``apps/grounded_teacher/cpu_synthetic.yaml`` (shortened),
+   evaluates the source model and the adapted one on the target (AP50, R@0.3), exports the bundle
+   ``models/demo_mammo_gt`` and runs ``pipelines/mammo_lesions.yaml`` on synthetic MG images: a DICOM SR per image;
+8. prints where everything is.
 """
 
 from __future__ import annotations
@@ -22,13 +26,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE"]
+__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE", "DEMO_GT_BUNDLE"]
 
 #: names of the bundles the demo exports (``models/zoo.yaml`` lists them; the app compares them side by side)
 DEMO_BUNDLE = "demo_acdc_bcp"
 DEMO_BASELINE_BUNDLE = "demo_acdc_supervised"
+DEMO_GT_BUNDLE = "demo_mammo_gt"
 
 logger = logging.getLogger(__name__)
+
+#: the Grounded Teacher step's shortening of ``apps/grounded_teacher/cpu_synthetic.yaml`` (and, with ``quick``, more)
+GT_OVERRIDES = ["source_train.iterations=300", "source_train.val_interval=150", "adapt.iterations=160",
+                "adapt.warmup=20", "log_interval=20"]
+GT_QUICK_OVERRIDES = ["image_size=64", "source_train.iterations=8", "source_train.val_interval=4",
+                      "adapt.iterations=8", "adapt.warmup=2", "adapt.batch_size=2", "adapt.unlabeled_batch_size=2",
+                      "pseudo_label.score_threshold=0.05", "adapt.teacher_threshold=0.05", "log_interval=2"]
 
 QUICK_OVERRIDES = [
     "pretrain_iterations=4", "selftrain_iterations=4", "val_interval=4", "patch=[64, 64]", "batch_size=4",
@@ -77,6 +89,40 @@ def _write_nifti_case(data_root: Path, out_dir: Path) -> tuple[Path, np.ndarray,
     return path, image, label
 
 
+def _grounded_teacher(out: Path, models_dir: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
+    """Step 7: Grounded Teacher end to end on synthetic data (see the module docstring)."""
+    from medkd.bundle import export_bundle
+    from medkd.config import load_config
+    from medkd.data.synthetic.lesions import write_lesion_domains
+    from medkd.data.synthetic_dicom import write_mammo_series
+    from medkd.methods.grounded_teacher.config import GTConfig
+    from medkd.methods.grounded_teacher.evaluate import evaluate_run
+    from medkd.methods.grounded_teacher.trainer import train_gt
+    from medkd.pipeline import run_pipeline
+
+    data = out / "data" / "lesions"
+    sizes = dict(n_source_train=24, n_source_val=8, n_target_train=24, n_target_val=8, size=64) if quick else \
+        dict(n_source_train=240, n_source_val=60, n_target_train=240, n_target_val=100)
+    write_lesion_domains(data, seed=0, **sizes)
+    run = out / "runs" / "grounded_teacher"
+    cfg = load_config(GTConfig, preset_path("grounded_teacher/cpu_synthetic.yaml"),
+                      GT_OVERRIDES + (GT_QUICK_OVERRIDES if quick else []))
+    train_gt(cfg, data, run, resume=True, progress=progress)
+    metrics = {stage: evaluate_run(run, data, split="val", stage=stage, json_path=run / f"metrics_{stage}.json")
+               for stage in ("source", "adapt")}
+    bundle = export_bundle(run, models_dir / DEMO_GT_BUNDLE, overwrite=True)
+    mg = write_mammo_series(out / "mammo_in" / "series1", n_images=4, rows=160, cols=128, seed=0)
+    pipeline = run_pipeline(repo_file("pipelines/mammo_lesions.yaml"), mg.paths[0].parent, out / "mammo_out",
+                            model=bundle, workers=0, progress=progress)
+    srs = sorted(str(p) for p in (out / "mammo_out").rglob("sr.dcm"))
+    return {
+        "run": str(run), "bundle": str(bundle), "pipeline_output": str(out / "mammo_out"),
+        "pipeline_report": str(pipeline.report_csv), "sr_count": len(srs), "froc_plot": metrics["adapt"].get("froc_plot"),
+        "target_ap50": {"source": metrics["source"]["AP50"], "adapted": metrics["adapt"]["AP50"]},
+        "target_r03": {"source": metrics["source"]["R@0.3"], "adapted": metrics["adapt"]["R@0.3"]},
+    }
+
+
 def run_demo(
     out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True, models: str | Path | None = None
 ) -> dict[str, Any]:
@@ -104,7 +150,7 @@ def run_demo(
     started = time.perf_counter()
     data_root = out / "data" / "acdc"
     sizes = dict(n_train=8, n_val=2, n_test=2) if quick else dict(n_train=40, n_val=6, n_test=10)
-    logger.info("1/6 writing synthetic ACDC-layout data to %s", data_root)
+    logger.info("1/8 writing synthetic ACDC-layout data to %s", data_root)
     write_synthetic_acdc(data_root, **sizes, seed=0)
 
     preset = preset_path("bcp/cpu_2d.yaml")
@@ -112,14 +158,14 @@ def run_demo(
     runs = {"bcp": out / "runs" / "bcp", "supervised": out / "runs" / "supervised"}
     metrics: dict[str, Any] = {}
     for name, run in runs.items():
-        logger.info("2/6 training %s (%s)", name, preset)
+        logger.info("2/8 training %s (%s)", name, preset)
         overrides = extra + (["method=supervised"] if name == "supervised" else [])
         train_bcp(load_config(BCPConfig, preset, overrides), data_root, run, resume=True, progress=progress)
-        logger.info("3/6 evaluating %s on the test list", name)
+        logger.info("3/8 evaluating %s on the test list", name)
         metrics[name] = evaluate_run(run, data_root, split="test", json=run / "metrics_test.json", progress=progress)
         print(f"\n{name}:\n{format_table(metrics[name])}")
 
-    logger.info("4/6 segmenting a NIfTI volume and drawing the overlay")
+    logger.info("4/8 segmenting a NIfTI volume and drawing the overlay")
     nifti, image, label = _write_nifti_case(data_root, out / "inputs")
     predictions = {name: predict_paths(run, nifti, out / "predictions" / name)[0] for name, run in runs.items()}
     masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for name, p in predictions.items()}
@@ -135,17 +181,20 @@ def run_demo(
         class_names=class_names(cfg),
         title=f"{nifti.name}, slice {z}",
     )
-    logger.info("5/6 exporting the BCP run and the baseline as MONAI bundles")
+    logger.info("5/8 exporting the BCP run and the baseline as MONAI bundles")
     models_dir = Path(models or os.environ.get("MEDKD_MODELS", "models"))
     bundle = export_bundle(runs["bcp"], models_dir / DEMO_BUNDLE, overwrite=True)
     export_bundle(runs["supervised"], models_dir / DEMO_BASELINE_BUNDLE, overwrite=True)
-    logger.info("6/6 running the DICOM pipeline on a synthetic cine-MR series")
+    logger.info("6/8 running the DICOM pipeline on a synthetic cine-MR series")
     dicom_in = _write_dicom_inputs(image, out / "dicom_in")
     pipeline = run_pipeline(repo_file("pipelines/acdc_cine_mr.yaml"), dicom_in, out / "dicom_out", model=bundle,
                             workers=0, progress=progress)
     segs = sorted(str(out / "dicom_out" / o) for r in pipeline.rows if r.kind == "series" for o in r.outputs
                   if o.endswith("seg.dcm"))
+    logger.info("7/8 Grounded Teacher: adapting a lesion detector to a shifted target domain")
+    gt = _grounded_teacher(out, models_dir, quick=quick, progress=progress)
     summary = {
+        "grounded_teacher": gt,
         "data": str(data_root),
         "bundle": str(bundle),
         "dicom_seg": segs,
@@ -171,6 +220,10 @@ def run_demo(
         f"  MONAI bundle   : {bundle}  (medkd bundle info {bundle})\n"
         f"  viewer         : medkd app  (then open http://localhost:8501)\n"
         f"  DICOM SEG      : {segs[0] if segs else 'none written, see the report'}\n"
+        f"  Grounded Teacher: target AP50 {gt['target_ap50']['adapted']:.3f} adapted vs "
+        f"{gt['target_ap50']['source']:.3f} source model (R@0.3 {gt['target_r03']['adapted']:.2f} vs "
+        f"{gt['target_r03']['source']:.2f}); bundle {gt['bundle']}; {gt['sr_count']} DICOM SR(s) under "
+        f"{gt['pipeline_output']}\n"
         f"  pipeline report: {pipeline.report_csv}\n"
         f"  summary        : {out / 'demo_summary.json'}"
     )

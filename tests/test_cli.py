@@ -100,6 +100,10 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert len(summary["dicom_seg"]) == 1 and Path(summary["dicom_seg"][0]).is_file()  # the MR series only
     report = (tmp_path / "demo" / "dicom_out" / "medkd_report.csv").read_text()
     assert "processed" in report and "not_selected" in report  # the CT series is left out by the rules
+    gt = summary["grounded_teacher"]  # the Grounded Teacher step: adapted detector, bundle, one SR per MG image
+    assert (tmp_path / "models" / "demo_mammo_gt" / "configs" / "metadata.json").is_file()
+    assert set(gt["target_ap50"]) == {"source", "adapted"} and "Grounded Teacher" in out
+    assert (tmp_path / "demo" / "mammo_out" / "medkd_report.csv").is_file()
 
 
 @pytest.mark.parametrize(

@@ -90,13 +90,14 @@ class AdaptTask(TrainTask):
     target val split (reported, flagged ``oracle_selection`` if used to select)."""
 
     def __init__(self, cfg: GTConfig, labelled: ViewStore, labelled_pool: np.ndarray, unlabelled: ViewStore,
-                 val: ViewStore | None, source_state: Mapping[str, Any], teacher_threshold: float,
+                 val: ViewStore | None, source_state: Mapping[str, Any], teacher_threshold: Sequence[float],
                  expert: Sequence[Mapping[str, np.ndarray]] | None, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.labelled, self.pool, self.unlabelled, self.val = labelled, labelled_pool, unlabelled, val
         self.k = len(labelled.dataset.class_names)
         self.burn_in = cfg.burn_in()
-        self.teacher_threshold, self.expert = teacher_threshold, expert
+        self.teacher_threshold, self.expert = [float(v) for v in teacher_threshold], expert
+        self._limits = torch.tensor(self.teacher_threshold, device=device)
         self.student = create_net(cfg.net.name, **cfg.net_kwargs(self.k)).to(device)
         self.student.load_state_dict(source_state)
         self.teacher = EMATeacher(self.student, decay=cfg.adapt.ema_decay, mode="state_dict", train_mode=False)
@@ -166,9 +167,9 @@ class AdaptTask(TrainTask):
         x_uq = _per_image(lambda x, g: strong_photometric(x, g), x_uk, gen)
         with torch.no_grad():
             found = self.teacher.module(list(x_uk))
-        teacher_t = [{"boxes": f["boxes"][f["scores"] > self.teacher_threshold].detach().cpu().float(),
-                      "labels": f["labels"][f["scores"] > self.teacher_threshold].detach().cpu().long()}
-                     for f in found]
+        keeps = [f["scores"] > self._limits[f["labels"]] for f in found]
+        teacher_t = [{"boxes": f["boxes"][keep].detach().cpu().float(), "labels": f["labels"][keep].detach().cpu().long()}
+                     for f, keep in zip(found, keeps)]
         logs["teacher_boxes"] = float(sum(len(t["labels"]) for t in teacher_t)) / max(len(teacher_t), 1)
         expert_t = None
         if self.expert is not None:

@@ -18,12 +18,14 @@ Example:
     ...              "labels": np.array([0, 1])}}
     >>> {k: v["scores"].tolist() for k, v in above(found, 0.5).items()}
     {1: [0.8999999761581421]}
+    >>> {k: v["labels"].tolist() for k, v in above(found, [0.95, 0.2]).items()}  # one threshold per class
+    {1: [1]}
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +44,24 @@ logger = logging.getLogger(__name__)
 PSEUDO_LABELS, SOURCE_DETECTIONS = "pseudo_labels.json", "source_detections.json"
 
 
-def above(found: Mapping[int, Mapping[str, np.ndarray]], threshold: float) -> dict[int, dict[str, np.ndarray]]:
-    """Per-image detections with a score above ``threshold``."""
+def above(found: Mapping[int, Mapping[str, np.ndarray]], threshold: float | Sequence[float]
+          ) -> dict[int, dict[str, np.ndarray]]:
+    """Per-image detections with a score above ``threshold`` (one value, or one per class)."""
     out = {}
     for image_id, det in found.items():
-        keep = np.asarray(det["scores"]) > threshold
+        labels = np.asarray(det["labels"], np.int64)
+        limit = np.asarray(threshold, np.float64)[labels] if np.ndim(threshold) else float(threshold)
+        keep = np.asarray(det["scores"]) > limit
         out[image_id] = {k: np.asarray(v)[keep] for k, v in det.items()}
     return out
 
 
-def run_pseudo_label_stage(cfg: GTConfig, run: Path, target_train: ViewStore, threshold: float,
+def run_pseudo_label_stage(cfg: GTConfig, run: Path, target_train: ViewStore, threshold: Sequence[float],
                            device: torch.device) -> dict[str, Any]:
     """Run stage P (see the module docstring); returns the stage summary."""
     model = load_detector(run, "source", device)
-    if cfg.mode is Mode.GT_COMPAT and hasattr(model, "set_nms_threshold"):
-        model.set_nms_threshold(1.0)  # the reference keeps raw proposals
+    if cfg.mode is Mode.GT_COMPAT:  # the reference keeps raw proposals
+        model.set_decode(cfg.decode.score_threshold, 1.0, cfg.decode.max_detections)
     records = target_train.dataset.records
     found = dict(zip((r.image_id for r in records), detect_store(model, target_train)))
     ids = target_train.dataset.category_ids
@@ -65,10 +70,12 @@ def run_pseudo_label_stage(cfg: GTConfig, run: Path, target_train: ViewStore, th
     write_results(run / PSEUDO_LABELS, kept, ids)
     n_boxes = int(sum(len(d["scores"]) for d in kept.values()))
     n_images = int(sum(len(d["scores"]) > 0 for d in kept.values()))
-    logger.info("stage P: %d pseudo-boxes above %.3f on %d of %d target images", n_boxes, threshold, n_images,
-                len(records))
+    per_class = np.bincount(np.concatenate([d["labels"] for d in kept.values()]).astype(np.int64),
+                            minlength=len(threshold)).tolist()
+    logger.info("stage P: %d pseudo-boxes (per class %s) above %s on %d of %d target images", n_boxes, per_class,
+                [round(t, 3) for t in threshold], n_images, len(records))
     if n_images == 0:
         logger.warning("no target image has a pseudo-label above %.3f: the adaptation's supervised branch has no "
-                       "images (lower pseudo_label.score_threshold or train the source model longer)", threshold)
-    return {"threshold": threshold, "boxes": n_boxes, "images_with_boxes": n_images, "images": len(records),
+                       "images (lower pseudo_label.score_threshold or train the source model longer)", list(threshold))
+    return {"threshold": list(threshold), "boxes_per_class": per_class, "boxes": n_boxes, "images_with_boxes": n_images, "images": len(records),
             "nms": cfg.mode is not Mode.GT_COMPAT}

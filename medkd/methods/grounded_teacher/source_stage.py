@@ -123,20 +123,33 @@ def detect_store(model: torch.nn.Module, store: ViewStore) -> list[dict[str, np.
     return [to_original(det, geometry) for det, geometry in zip(found, store.geometries)]
 
 
+def _only(sets: list[dict[str, np.ndarray]], c: int) -> list[dict[str, np.ndarray]]:
+    return [{k: np.asarray(v)[np.asarray(s["labels"]) == c] for k, v in s.items()} for s in sets]
+
+
 def calibrate_thresholds(model: torch.nn.Module, val: ViewStore, cfg: GTConfig) -> dict[str, Any]:
-    """Clean mode's pseudo-label threshold (see the module docstring); ``gt_compat``: 0.8."""
+    """Clean mode's pseudo-label thresholds (see the module docstring): one over all classes, and one per class
+    (the class's own detections reaching the precision; the overall one where a class never does), so a rare class
+    with lower scores keeps pseudo-labels. ``gt_compat``: 0.8 for every class."""
+    k = len(val.dataset.class_names)
     if cfg.mode is Mode.GT_COMPAT:
-        return {"threshold": 0.8, "how": "gt_compat: the reference's fixed 0.8"}
+        return {"threshold": 0.8, "per_class": [0.8] * k, "how": "gt_compat: the reference's fixed 0.8"}
     found = detect_store(model, val)
     truths = [{"boxes": r.boxes, "labels": r.labels} for r in val.dataset.records]
     precision = cfg.pseudo_label.target_precision
+    clip = lambda t: float(min(max(t, cfg.decode.score_threshold), 0.95))  # noqa: E731
     threshold = precision_threshold(found, truths, precision=precision)
     if threshold is None:
         logger.warning("the source model never reaches precision %.2f on the source val split: pseudo-label "
                        "threshold falls back to 0.8", precision)
-        return {"threshold": 0.8, "how": f"fallback: precision {precision} never reached on source val"}
-    threshold = float(min(max(threshold, cfg.decode.score_threshold), 0.95))
-    return {"threshold": threshold, "how": f"lowest score with precision >= {precision} on source val (IoU 0.5)"}
+        return {"threshold": 0.8, "per_class": [0.8] * k,
+                "how": f"fallback: precision {precision} never reached on source val"}
+    per_class = []
+    for c in range(k):
+        own = precision_threshold(_only(found, c), _only(truths, c), precision=precision)
+        per_class.append(clip(own) if own is not None else clip(threshold))
+    return {"threshold": clip(threshold), "per_class": per_class,
+            "how": f"lowest score with precision >= {precision} on source val (IoU 0.5), overall and per class"}
 
 
 def run_source_stage(cfg: GTConfig, train: ViewStore, val: ViewStore, out: Path, device: torch.device, *,

@@ -75,17 +75,22 @@ def _prepare(cfg: GTConfig, data_root: Path, out: Path) -> GTConfig:
     return cfg
 
 
-def _threshold(cfg: GTConfig, run: Path, configured: float | None) -> float:
-    """A pseudo-label threshold: configured, else ``gt_compat`` 0.8, else the calibration of stage S."""
+def _threshold(cfg: GTConfig, run: Path, configured: float | None) -> list[float]:
+    """Pseudo-label thresholds per class: configured, else ``gt_compat`` 0.8, else the calibration of stage S."""
+    k = len(cfg.classes)
     if configured is not None:
-        return float(configured)
+        return [float(configured)] * k
     if cfg.mode is Mode.GT_COMPAT:
-        return 0.8
+        return [0.8] * k
     path = stage_dir(run, "source") / "calibration.json"
     try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["threshold"])
-    except (OSError, ValueError, KeyError):
+        calibration = json.loads(path.read_text(encoding="utf-8"))
+        per_class = [float(v) for v in calibration.get("per_class", [calibration["threshold"]] * k)]
+    except (OSError, ValueError, KeyError, TypeError):
         raise DataError(path, "no calibrated threshold: run stage source first") from None
+    if len(per_class) != k:
+        raise DataError(path, f"{len(per_class)} class thresholds for {k} classes")
+    return per_class
 
 
 def run_stage(stage: str, cfg: GTConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,

