@@ -40,7 +40,8 @@ GT_OVERRIDES = ["source_train.iterations=300", "source_train.val_interval=150", 
                 "adapt.warmup=20", "log_interval=20"]
 GT_QUICK_OVERRIDES = ["image_size=64", "source_train.iterations=8", "source_train.val_interval=4",
                       "adapt.iterations=8", "adapt.warmup=2", "adapt.batch_size=2", "adapt.unlabeled_batch_size=2",
-                      "pseudo_label.score_threshold=0.05", "adapt.teacher_threshold=0.05", "log_interval=2"]
+                      "decode.score_threshold=0.001", "pseudo_label.score_threshold=0.001",
+                      "adapt.teacher_threshold=0.001", "log_interval=2"]  # a model 8 iterations old scores ~0.01
 
 QUICK_OVERRIDES = [
     "pretrain_iterations=4", "selftrain_iterations=4", "val_interval=4", "patch=[64, 64]", "batch_size=4",

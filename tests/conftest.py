@@ -167,3 +167,15 @@ def _restore_library_log_levels():
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's ``AppTest`` installs the app script as ``sys.modules["__main__"]`` and leaves it there; a later
+    test's spawned worker processes would then re-run the app on start-up and die. Put pytest's back."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main

@@ -46,8 +46,9 @@ def test_bundle_list_command(tmp_path, monkeypatch, capsys):
 
 
 def test_zoo_entries_carry_their_kind(tmp_path):
-    assert {e.kind for e in load_zoo(ZOO)} == {"segmentation"}  # every shipped bundle is a segmentation model
-    assert "kind: segmentation" in ZOO.read_text()  # written out, not only defaulted
+    kinds = {e.name: e.kind for e in load_zoo(ZOO)}
+    assert kinds["demo_acdc_bcp"] == "segmentation" and kinds["demo_mammo_gt"] == "detection"
+    assert "kind: segmentation" in ZOO.read_text() and "kind: detection" in ZOO.read_text()  # written out
     zoo = tmp_path / "zoo.yaml"
     zoo.write_text("bundles:\n  - name: old\n    path: old\n"  # written before kinds: segmentation
                    "  - name: polyps\n    path: polyps\n    kind: detection\n"

@@ -75,7 +75,8 @@ def run_pseudo_label_stage(cfg: GTConfig, run: Path, target_train: ViewStore, th
     logger.info("stage P: %d pseudo-boxes (per class %s) above %s on %d of %d target images", n_boxes, per_class,
                 [round(t, 3) for t in threshold], n_images, len(records))
     if n_images == 0:
-        logger.warning("no target image has a pseudo-label above %.3f: the adaptation's supervised branch has no "
-                       "images (lower pseudo_label.score_threshold or train the source model longer)", list(threshold))
-    return {"threshold": list(threshold), "boxes_per_class": per_class, "boxes": n_boxes, "images_with_boxes": n_images, "images": len(records),
-            "nms": cfg.mode is not Mode.GT_COMPAT}
+        logger.warning("no target image has a pseudo-label above %s: the adaptation's supervised branch has no "
+                       "images (lower pseudo_label.score_threshold or train the source model longer)",
+                       [round(t, 3) for t in threshold])
+    return {"threshold": list(threshold), "boxes_per_class": per_class, "boxes": n_boxes, "images_with_boxes": n_images,
+            "images": len(records), "nms": cfg.mode is not Mode.GT_COMPAT}
