@@ -140,6 +140,16 @@ class AdaptTask(TrainTask):
             self.teacher.update(self.student)
 
     def compute_loss(self, batch: tuple[Batch, Batch], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        try:
+            return self._compute_loss(batch, iteration)
+        except ValueError as error:  # MONAI's heads refuse NaN/Inf outputs: the previous step's update diverged
+            if "NaN or Inf" not in str(error):
+                raise
+            raise FloatingPointError(f"iteration {iteration}: the detector's outputs are NaN or infinite (the weights "
+                                     f"diverged at the previous step; mode {self.cfg.mode.value}); last.pt is "
+                                     "unchanged") from error
+
+    def _compute_loss(self, batch: tuple[Batch, Batch], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
         lb, ub = batch
         gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + iteration)
         logs: dict[str, float] = {}
