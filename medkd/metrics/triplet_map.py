@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from medkd.metrics.anticipation import Reduction
+from medkd.metrics.anticipation import Reduction, _reduction
 from medkd.metrics.surgical_labels import change_mask
 
 __all__ = [
@@ -50,13 +50,6 @@ __all__ = [
     "mean_auroc",
     "triplet_components",
 ]
-
-
-def _reduction(value: Reduction | str) -> Reduction:
-    try:
-        return Reduction(value)
-    except ValueError:
-        raise ValueError(f"unknown reduction {value!r}; choose one of video, global") from None
 
 
 def _array(value: Any) -> np.ndarray:
