@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from medkd.data.json_file import read_json_object
 from medkd.errors import DataError
 
 __all__ = [
@@ -133,14 +134,7 @@ def _load_json(path: Path, split: str) -> dict[str, Any]:
         found = sorted(p.stem.removeprefix("instances_") for p in path.parent.glob("instances_*.json"))
         hint = f"splits found: {', '.join(found)}" if found else f"expected the COCO layout {path.parent.name}/"
         raise DataError(path, f"no annotation file for split {split!r} ({hint})")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(path, f"cannot read: {type(err).__name__}: {err}") from None
-    if not isinstance(doc, dict):
-        raise DataError(path, f"top level must be a JSON object, got {type(doc).__name__}")
+    doc = read_json_object(path)
     missing = [key for key in ("images", "annotations", "categories") if key not in doc]
     if missing:
         raise DataError(path, f"missing top-level key(s) {', '.join(map(repr, missing))}")

@@ -30,8 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from medkd.metrics.anticipation import Reduction, _reduction
+from medkd.metrics.anticipation import Reduction, _json, _nanmean, _reduction
 from medkd.metrics.surgical_labels import change_mask
 
 __all__ = [
@@ -65,17 +63,6 @@ def _is_video_list(value: Any) -> bool:
 
 def _videos(value: Any) -> list[np.ndarray]:
     return [_array(v) for v in value] if _is_video_list(value) else [_array(value)]
-
-
-def _nanmean(values: np.ndarray, axis: int | None = None) -> Any:
-    with warnings.catch_warnings():  # all-NaN slices give NaN, silently
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        return np.nanmean(values, axis=axis)
-
-
-def _json(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _check(y_true: Any, y_score: Any, what: str = "") -> tuple[np.ndarray, np.ndarray]:

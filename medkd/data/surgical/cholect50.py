@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from medkd.data.surgical.video import SurgicalVideo
+from medkd.data.json_file import read_json_object
 from medkd.errors import DataError
 from medkd.io.atomic import write_text_atomic
 
@@ -129,14 +130,7 @@ class CholecT50Labels:
 def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, "label file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(path, f"cannot read: {type(err).__name__}: {err}") from None
-    if not isinstance(doc, dict):
-        raise DataError(path, f"top level must be a JSON object, got {type(doc).__name__}")
+    doc = read_json_object(path)
     missing = [k for k in ("video", "fps", "num_frames", "categories", "annotations") if k not in doc]
     if missing:
         raise DataError(path, f"missing key(s) {', '.join(map(repr, missing))}")
