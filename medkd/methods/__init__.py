@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """One package per method; each registers a :class:`~medkd.methods.registry.Method` in :data:`METHODS`.
 
-Importing this package registers the built-in methods (BCP, Grounded Teacher) and the ``run`` predictor source of
+Importing this package registers the built-in methods (BCP, Grounded Teacher, SurgFUTR) and the ``run`` predictor source of
 :func:`medkd.inference.load_predictor`; methods of other packages register through the ``medkd.plugins`` entry
 points. Nothing here imports torch: a method's heavy parts load on first use.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from medkd.methods import bcp  # registers BCP
 from medkd.methods import grounded_teacher  # registers Grounded Teacher (gt)
+from medkd.methods import surgfutr  # registers SurgFUTR
 from medkd.methods.registry import (
     METHODS,
     Method,
@@ -31,5 +32,5 @@ from medkd.methods.registry import (
 
 __all__ = [
     "METHODS", "Method", "get_method", "list_methods", "load_run_predictor", "register_method", "resolve_ref", "bcp",
-    "grounded_teacher",
+    "grounded_teacher", "surgfutr",
 ]
