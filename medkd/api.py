@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "bcp_train", "bcp_eval", "bcp_predict", "gt_train", "gt_stage", "gt_eval", "gt_predict", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
+    "bcp_train", "bcp_eval", "bcp_predict", "gt_train", "gt_stage", "gt_eval", "gt_predict",
+    "surgfutr_train", "surgfutr_eval", "surgfutr_predict", "surgfutr_stream", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
     "demo",
 ]
 
@@ -122,6 +123,52 @@ def gt_predict(
     from medkd.methods.grounded_teacher.predict import predict_paths
 
     return predict_paths(run, input, output, stage=stage, min_score=min_score)
+
+
+def surgfutr_train(
+    config: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train SurgFUTR from a preset plus ``key=value`` overrides; see
+    :func:`medkd.methods.surgfutr.trainer.train_surgfutr`."""
+    from medkd.config import load_config
+    from medkd.methods.surgfutr.config import SurgFUTRConfig
+    from medkd.methods.surgfutr.trainer import train_surgfutr
+
+    return train_surgfutr(load_config(SurgFUTRConfig, config, overrides), data_root, out, resume=resume,
+                          progress=progress)
+
+
+def surgfutr_eval(
+    run: str | Path, data_root: str | Path, *, split: str = "test", json: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """SFPBench metrics of a SurgFUTR run and the copy-current and prior baselines on a split (writes ``json``)."""
+    from medkd.methods.surgfutr.evaluate import evaluate_run
+
+    return evaluate_run(run, data_root, split=split, json_path=json, device=device)
+
+
+def surgfutr_predict(run: str | Path, video: str | Path, out_csv: str | Path, *, device: str = "cpu") -> dict[str, Any]:
+    """Forecast every analysed second of a video file (or a folder of 1-fps frames) into a CSV."""
+    from medkd.methods.surgfutr.predict import predict_video
+
+    return predict_video(run, video, out_csv, device=device)
+
+
+def surgfutr_stream(
+    run: str | Path, source: str | Path | int, *, out: str | Path | None = None, device: str = "cpu",
+    max_seconds: int | None = None, on_forecast: Any = None,
+) -> dict[str, Any]:
+    """Causal, frame-by-frame forecasts of a video file, camera index or stream URL (CSV rows as they come)."""
+    from medkd.methods.surgfutr.stream import stream_forecasts
+
+    return stream_forecasts(run, source, out=out, device=device, max_seconds=max_seconds, on_forecast=on_forecast)
 
 
 def pipeline_run(
