@@ -13,7 +13,10 @@
    CSV), adapts a RetinaNet lesion detector with ``apps/grounded_teacher/cpu_synthetic.yaml`` (shortened),
    evaluates the source model and the adapted one on the target (AP50, R@0.3), exports the bundle
    ``models/demo_mammo_gt`` and runs ``pipelines/mammo_lesions.yaml`` on synthetic MG images: a DICOM SR per image;
-8. prints where everything is.
+8. SurgFUTR: writes 12 synthetic laparoscopic videos in the Cholec80 layout, trains teacher and student with
+   ``apps/surgfutr/cpu_synthetic.yaml`` (shortened), evaluates them against copy-current and the prior on the test
+   videos, forecasts a test video offline (CSV) and live (streamed, causal), exports ``models/demo_lap_surgfutr``;
+9. prints where everything is.
 """
 
 from __future__ import annotations
@@ -26,22 +29,36 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE", "DEMO_GT_BUNDLE"]
+__all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE", "DEMO_GT_BUNDLE",
+           "DEMO_SURGFUTR_BUNDLE"]
 
 #: names of the bundles the demo exports (``models/zoo.yaml`` lists them; the app compares them side by side)
 DEMO_BUNDLE = "demo_acdc_bcp"
 DEMO_BASELINE_BUNDLE = "demo_acdc_supervised"
 DEMO_GT_BUNDLE = "demo_mammo_gt"
+DEMO_SURGFUTR_BUNDLE = "demo_lap_surgfutr"
 
 logger = logging.getLogger(__name__)
 
 #: the Grounded Teacher step's shortening of ``apps/grounded_teacher/cpu_synthetic.yaml`` (and, with ``quick``, more)
 GT_OVERRIDES = ["source_train.iterations=300", "source_train.val_interval=150", "adapt.iterations=160",
                 "adapt.warmup=20", "log_interval=20"]
-GT_QUICK_OVERRIDES = ["image_size=64", "source_train.iterations=8", "source_train.val_interval=4",
+GT_#: the SurgFUTR step's shortening of ``apps/surgfutr/cpu_synthetic.yaml`` (and, with ``quick``, more)
+SURGFUTR_OVERRIDES = ["train.iterations=200", "train.val_interval=100", "log_interval=50"]
+SURGFUTR_QUICK_OVERRIDES = ["train.iterations=4", "train.val_interval=4", "train.batch_size=4", "model.width=8",
+                            "model.feature_dim=32", "model.state_dim=16", "model.window=4", "data.train=1-2",
+                            "data.val=3", "data.test=4", "log_interval=2"]
+
+QUICK_OVERRIDES = ["image_size=64", "source_train.iterations=8", "source_train.val_interval=4",
                       "adapt.iterations=8", "adapt.warmup=2", "adapt.batch_size=2", "adapt.unlabeled_batch_size=2",
                       "decode.score_threshold=0.001", "pseudo_label.score_threshold=0.001",
                       "adapt.teacher_threshold=0.001", "log_interval=2"]  # a model 8 iterations old scores ~0.01
+
+#: the SurgFUTR step's shortening of ``apps/surgfutr/cpu_synthetic.yaml`` (and, with ``quick``, more)
+SURGFUTR_OVERRIDES = ["train.iterations=200", "train.val_interval=100", "log_interval=50"]
+SURGFUTR_QUICK_OVERRIDES = ["train.iterations=4", "train.val_interval=4", "train.batch_size=4", "model.width=8",
+                            "model.feature_dim=32", "model.state_dim=16", "model.window=4", "data.train=1-2",
+                            "data.val=3", "data.test=4", "log_interval=2"]
 
 QUICK_OVERRIDES = [
     "pretrain_iterations=4", "selftrain_iterations=4", "val_interval=4", "patch=[64, 64]", "batch_size=4",
@@ -124,6 +141,41 @@ def _grounded_teacher(out: Path, models_dir: Path, *, quick: bool, progress: boo
     }
 
 
+def _surgfutr(out: Path, models_dir: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
+    """Step 8: SurgFUTR on synthetic laparoscopic videos: train, evaluate against the baselines, forecast a test
+    video offline (CSV) and live (stream), export the bundle."""
+    from medkd.bundle import export_bundle
+    from medkd.config import load_config
+    from medkd.data.synthetic.surgical_video import SyntheticSurgicalConfig, write_synthetic_cholec80
+    from medkd.methods.surgfutr.config import SurgFUTRConfig
+    from medkd.methods.surgfutr.evaluate import evaluate_run
+    from medkd.methods.surgfutr.predict import predict_video
+    from medkd.methods.surgfutr.stream import stream_forecasts
+    from medkd.methods.surgfutr.trainer import train_surgfutr
+
+    data = out / "data" / "surgical"
+    gen = SyntheticSurgicalConfig(n_videos=4, duration=(40, 50)) if quick else SyntheticSurgicalConfig()
+    root = write_synthetic_cholec80(data / "cholec80", gen, seed=0)
+    run = out / "runs" / "surgfutr"
+    cfg = load_config(SurgFUTRConfig, preset_path("surgfutr/cpu_synthetic.yaml"),
+                      SURGFUTR_OVERRIDES + (SURGFUTR_QUICK_OVERRIDES if quick else [])
+                      + [f"data.cache_dir={out / 'cache' / 'surgical_frames'}"])
+    train_surgfutr(cfg, data, run, resume=(run / "train" / "last.pt").is_file(), progress=progress)
+    metrics = evaluate_run(run, data, split="test", json_path=run / "metrics_test.json")
+    video = sorted((root / "videos").glob("*.mp4"))[-1]
+    predicted = predict_video(run, video, out / "surgfutr" / f"{video.stem}_forecasts.csv")
+    streamed = stream_forecasts(run, video, out=out / "surgfutr" / f"{video.stem}_stream.csv")
+    bundle = export_bundle(run, models_dir / DEMO_SURGFUTR_BUNDLE, overwrite=True)
+    arms = {arm: {k: metrics[arm][k] for k in ("rsd_mae", "phase_wmae", "tool_map_change")}
+            for arm in ("surgfutr", "copy_current", "prior")}
+    return {"run": str(run), "bundle": str(bundle), "metrics": arms, "forecasts_csv": str(predicted["output"]),
+            "stream_fps": streamed["fps"], "video": str(video)}
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def run_demo(
     out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True, models: str | Path | None = None
 ) -> dict[str, Any]:
@@ -194,8 +246,11 @@ def run_demo(
                   if o.endswith("seg.dcm"))
     logger.info("7/8 Grounded Teacher: adapting a lesion detector to a shifted target domain")
     gt = _grounded_teacher(out, models_dir, quick=quick, progress=progress)
+    logger.info("8/8 SurgFUTR: forecasting phases, tools and remaining time from laparoscopic video")
+    sf = _surgfutr(out, models_dir, quick=quick, progress=progress)
     summary = {
         "grounded_teacher": gt,
+        "surgfutr": sf,
         "data": str(data_root),
         "bundle": str(bundle),
         "dicom_seg": segs,
@@ -225,6 +280,11 @@ def run_demo(
         f"{gt['target_ap50']['source']:.3f} source model (R@0.3 {gt['target_r03']['adapted']:.2f} vs "
         f"{gt['target_r03']['source']:.2f}); bundle {gt['bundle']}; {gt['sr_count']} DICOM SR(s) under "
         f"{gt['pipeline_output']}\n"
+        f"  SurgFUTR       : phase-transition wMAE {_num(sf['metrics']['surgfutr']['phase_wmae'])} min vs "
+        f"{_num(sf['metrics']['copy_current']['phase_wmae'])} copy-current; tool mAP on changes "
+        f"{_num(sf['metrics']['surgfutr']['tool_map_change'])} vs {_num(sf['metrics']['copy_current']['tool_map_change'])}; "
+        f"RSD MAE {_num(sf['metrics']['surgfutr']['rsd_mae'])} min vs {_num(sf['metrics']['prior']['rsd_mae'])} prior; "
+        f"streamed at {sf['stream_fps']:.0f} frames/s; forecasts {sf['forecasts_csv']}; bundle {sf['bundle']}\n"
         f"  pipeline report: {pipeline.report_csv}\n"
         f"  summary        : {out / 'demo_summary.json'}"
     )
