@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Datasets in the public formats (ACDC SSL4MIS h5, LA UA-MT h5, NIfTI datalists), synthetic generators that
-write those layouts, BCP training augmentation and the two-stream batch sampler."""
+write those layouts, BCP training augmentation and the two-stream batch sampler. Surgical video (Cholec80,
+CholecT50, 1-fps decoding, clip windows, the feature cache) is in :mod:`medkd.data.surgical`, imported on its own
+(it needs OpenCV)."""
 
 from __future__ import annotations
 
