@@ -114,8 +114,10 @@ def head_layout(cfg: SurgFUTRConfig, phases: int, presence: int, events: int) ->
                       tuple(t.transition_horizons_min))
 
 
-def read_split_videos(cfg: SurgFUTRConfig, data_root: str | Path, split: str) -> list[SurgicalVideo]:
-    """The split's videos (``data.<split>`` numbers; numbers without files are skipped, logged).
+def read_split_videos(cfg: SurgFUTRConfig, data_root: str | Path, split: str, *,
+                      skipped: list[dict[str, str]] | None = None) -> list[SurgicalVideo]:
+    """The split's videos (``data.<split>`` numbers; numbers without files are skipped, logged). With a ``skipped``
+    list, a video that cannot be read is left out and recorded there (file, reason) instead of raising.
 
     Raises:
         DataError: no dataset folder, no video of the split, or a bad file (naming it).
@@ -136,7 +138,18 @@ def read_split_videos(cfg: SurgFUTRConfig, data_root: str | Path, split: str) ->
         raise DataError(root, f"no video of split {split!r} ({getattr(cfg.data, split)}) in the {cfg.data.layout.value} "
                               "layout")
     reader = read_cholec80_video if c80 else read_cholect50_video
-    return [reader(root, n) for n in present]
+    videos = []
+    for n in present:
+        try:
+            videos.append(reader(root, n))
+        except DataError as err:
+            if skipped is None:
+                raise
+            logger.warning("skipped %s", err)
+            skipped.append({"file": str(err.path), "reason": err.problem})
+    if not videos:
+        raise DataError(root, f"no usable video in split {split!r}")
+    return videos
 
 
 def _cache_root(cfg: SurgFUTRConfig) -> Path:
@@ -215,7 +228,8 @@ def load_split(cfg: SurgFUTRConfig, data_root: str | Path, split: str, *, cache:
         DataError: naming the file: a bad video or annotation, unknown event classes, a video shorter than one
             window (``(L - 1) * stride + T`` seconds), or no usable video.
     """
-    videos = read_split_videos(cfg, data_root, split)
+    skipped: list[dict[str, str]] = []
+    videos = read_split_videos(cfg, data_root, split, skipped=skipped if skip_bad else None)
     key, tool_key = cfg.data.presence_key(), cfg.data.tool_key()
     names = videos[0].class_names
     presence_names, tool_names = tuple(names.get(key, ())), tuple(names.get(tool_key, ()))
@@ -234,7 +248,7 @@ def load_split(cfg: SurgFUTRConfig, data_root: str | Path, split: str, *, cache:
                             else -1 for n in presence_names])
         if (tool_of < 0).any():
             logger.info("%d %s classes name no known tool; tool metrics ignore them", int((tool_of < 0).sum()), key)
-    out, skipped = [], []
+    out: list[VideoData] = []
     cache_dir = _cache_root(cfg) if cache else None
     for video in videos:
         try:
