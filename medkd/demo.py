@@ -43,13 +43,7 @@ logger = logging.getLogger(__name__)
 #: the Grounded Teacher step's shortening of ``apps/grounded_teacher/cpu_synthetic.yaml`` (and, with ``quick``, more)
 GT_OVERRIDES = ["source_train.iterations=300", "source_train.val_interval=150", "adapt.iterations=160",
                 "adapt.warmup=20", "log_interval=20"]
-GT_#: the SurgFUTR step's shortening of ``apps/surgfutr/cpu_synthetic.yaml`` (and, with ``quick``, more)
-SURGFUTR_OVERRIDES = ["train.iterations=200", "train.val_interval=100", "log_interval=50"]
-SURGFUTR_QUICK_OVERRIDES = ["train.iterations=4", "train.val_interval=4", "train.batch_size=4", "model.width=8",
-                            "model.feature_dim=32", "model.state_dim=16", "model.window=4", "data.train=1-2",
-                            "data.val=3", "data.test=4", "log_interval=2"]
-
-QUICK_OVERRIDES = ["image_size=64", "source_train.iterations=8", "source_train.val_interval=4",
+GT_QUICK_OVERRIDES = ["image_size=64", "source_train.iterations=8", "source_train.val_interval=4",
                       "adapt.iterations=8", "adapt.warmup=2", "adapt.batch_size=2", "adapt.unlabeled_batch_size=2",
                       "decode.score_threshold=0.001", "pseudo_label.score_threshold=0.001",
                       "adapt.teacher_threshold=0.001", "log_interval=2"]  # a model 8 iterations old scores ~0.01

@@ -104,6 +104,9 @@ def _stream(args: argparse.Namespace) -> int:
 
     summary = api.surgfutr_stream(args.run, source, out=args.output, device=args.device,
                                   max_seconds=args.max_seconds, on_forecast=show)
+    if not summary["seconds"]:
+        print("no frame analysed")
+        return 0
     print(f"{summary['seconds']} s analysed, {summary['fps']:.0f} video frames/s "
           f"(p50 {summary['latency_ms']['p50']:.1f} ms, p95 {summary['latency_ms']['p95']:.1f} ms per analysed "
           f"second)")

@@ -52,6 +52,7 @@ __all__ = [
     "read_video_frames",
     "read_frame_image",
     "resize_frame",
+    "is_live",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,18 @@ def _cv2() -> Any:
     return cv2
 
 
+def is_live(source: str | Path | int) -> bool:
+    """Whether ``source`` is a capture device (an index) or a stream URL (``rtsp://``, ``http://``, ...), not a file.
+
+    Example:
+        >>> is_live(0), is_live("rtsp://camera.local/stream"), is_live("video01.mp4")
+        (True, True, False)
+    """
+    return isinstance(source, int) or (isinstance(source, str) and "://" in source)
+
+
 def _open(cv2: Any, source: str | Path | int) -> Any:
-    if not isinstance(source, int):
+    if not is_live(source):
         path = Path(source)
         if not path.is_file():
             raise DataError(path, "video file not found")
@@ -245,9 +256,9 @@ def iter_video_frames(
     try:
         source_fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         if not (math.isfinite(source_fps) and 0 < source_fps <= 1000):
-            if not isinstance(source, int):
+            if not is_live(source):
                 raise DataError(name, f"the video states no usable frame rate ({source_fps!r})")
-            logger.warning("device %d states no frame rate; %g fps assumed", source, _DEFAULT_DEVICE_FPS)
+            logger.warning("%s states no frame rate; %g fps assumed", source, _DEFAULT_DEVICE_FPS)
             source_fps = _DEFAULT_DEVICE_FPS
         keep = 1.0 if fps is None else min(fps / source_fps, 1.0)
         first_shape: tuple[int, ...] | None = None

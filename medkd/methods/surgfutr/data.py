@@ -106,12 +106,23 @@ class SplitData:
         """Analysed seconds over all videos."""
         return sum(v.num_seconds for v in self.videos)
 
+    @property
+    def mean_duration_min(self) -> float:
+        """The mean video length in minutes."""
+        return float(np.mean([v.num_seconds / 60.0 for v in self.videos]))
 
-def head_layout(cfg: SurgFUTRConfig, phases: int, presence: int, events: int) -> HeadLayout:
-    """The :class:`HeadLayout` of ``cfg`` for the given class counts."""
+    def layout(self, cfg: SurgFUTRConfig) -> HeadLayout:
+        """The head layout of a student trained on this split."""
+        return head_layout(cfg, len(self.phase_names), len(self.presence_names), len(self.event_names),
+                           self.mean_duration_min)
+
+
+def head_layout(cfg: SurgFUTRConfig, phases: int, presence: int, events: int,
+                duration_min: float = 60.0) -> HeadLayout:
+    """The :class:`HeadLayout` of ``cfg`` for the given class counts and mean video duration (minutes)."""
     t = cfg.tasks
     return HeadLayout(phases, presence, events, tuple(t.presence_deltas_s), tuple(t.event_horizons_s) if events else (),
-                      tuple(t.transition_horizons_min))
+                      tuple(t.transition_horizons_min), float(duration_min))
 
 
 def read_split_videos(cfg: SurgFUTRConfig, data_root: str | Path, split: str, *,

@@ -70,7 +70,7 @@ def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], la
     """The SFPBench losses of one output dict against a batch's targets; tasks without targets are left out.
 
     * presence (per Δ) and events (per h): BCE with class-balanced ``pos_weight``;
-    * RSD: SmoothL1 on minutes / 60;
+    * RSD: SmoothL1 on minutes / the mean training duration (``layout.duration_min``);
     * phase transitions: L1 on the capped time / h (next phase and per-phase time to arrival);
     * ``phase_now``: CE on the current phase, times ``phase_now_weight``.
     """
@@ -82,7 +82,8 @@ def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], la
         target = torch.stack([batch[f"events@{h:g}s"] for h in layout.event_horizons_s], dim=1)
         losses["events"] = _bce_balanced(out["events"], target)
     if "rsd" in batch:
-        losses["rsd"] = F.smooth_l1_loss(out["rsd"] / 60.0, batch["rsd"].float() / 60.0)
+        scale = float(layout.duration_min)
+        losses["rsd"] = F.smooth_l1_loss(out["rsd"] / scale, batch["rsd"].float() / scale)
     if layout.phases and "phase" in batch:
         hs = layout.transition_horizons_min
         nxt = torch.stack([batch[f"phase_next@{h:g}min"] for h in hs], dim=1).float()

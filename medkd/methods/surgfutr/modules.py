@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ __all__ = [
     "TaskHeads",
     "surgfutr_cnn",
 ]
+
+#: softplus(_HALF) = 0.5: the remaining-time head starts at half the mean duration
+_HALF = -0.43275
 
 #: ImageNet channel statistics: frames are scaled to [0, 1] and standardised with them
 _MEAN = (0.485, 0.456, 0.406)
@@ -180,6 +184,8 @@ class HeadLayout:
         presence: C presence classes forecast at each Δ (0: none).
         events: E event classes (0: none).
         presence_deltas_s, event_horizons_s, transition_horizons_min: the horizons.
+        duration_min: the mean training video length in minutes: the scale of the elapsed-time input and of the
+            remaining-time output (RSD starts near half of it).
     """
 
     phases: int
@@ -188,6 +194,28 @@ class HeadLayout:
     presence_deltas_s: tuple[int, ...]
     event_horizons_s: tuple[int, ...]
     transition_horizons_min: tuple[float, ...]
+    duration_min: float = 60.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (lists for the horizons); :meth:`from_dict` reads them back."""
+        return {"phases": self.phases, "presence": self.presence, "events": self.events,
+                "presence_deltas_s": [int(d) for d in self.presence_deltas_s],
+                "event_horizons_s": [int(h) for h in self.event_horizons_s],
+                "transition_horizons_min": [float(h) for h in self.transition_horizons_min],
+                "duration_min": float(self.duration_min)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HeadLayout:
+        """A layout from its ``dataclasses.asdict`` form (``classes.json``, bundle configs).
+
+        Example:
+            >>> HeadLayout.from_dict({"phases": 2, "presence": 1, "events": 0, "presence_deltas_s": [1],
+            ...                       "event_horizons_s": [], "transition_horizons_min": [2]}).duration_min
+            60.0
+        """
+        return cls(int(d["phases"]), int(d["presence"]), int(d["events"]),
+                   tuple(int(x) for x in d["presence_deltas_s"]), tuple(int(x) for x in d["event_horizons_s"]),
+                   tuple(float(x) for x in d["transition_horizons_min"]), float(d.get("duration_min", 60.0)))
 
 
 class TaskHeads(nn.Module):
@@ -196,7 +224,7 @@ class TaskHeads(nn.Module):
     - ``phase_now`` ``(B, P)`` logits of the current phase;
     - ``phase_next`` ``(B, H)`` minutes to the next phase, ``phase_tta`` ``(B, H, P)`` per-phase time to arrival,
       each ``sigmoid * h``;
-    - ``rsd`` ``(B,)`` remaining minutes (softplus of hours, times 60);
+    - ``rsd`` ``(B,)`` remaining minutes: ``duration * softplus(x)``, starting near half the mean duration;
     - ``presence`` ``(B, len(Δ), C)`` and ``events`` ``(B, len(h), E)`` logits.
     """
 
@@ -210,12 +238,14 @@ class TaskHeads(nn.Module):
         self.hidden = nn.Sequential(nn.Linear(dim + 1, dim), nn.GELU())
         self.out = nn.Linear(dim, sum(self.sizes.values()))
         self.register_buffer("horizons", torch.tensor(layout.transition_horizons_min, dtype=torch.float32))
+        self.duration = float(layout.duration_min)
 
     def forward(self, o: torch.Tensor, elapsed_min: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.hidden(torch.cat([o, (elapsed_min / 60.0).unsqueeze(-1).to(o)], dim=-1))
+        x = self.hidden(torch.cat([o, (elapsed_min / self.duration).unsqueeze(-1).to(o)], dim=-1))
         parts = dict(zip(self.sizes, self.out(x).split(list(self.sizes.values()), dim=-1)))
         b, lay = o.shape[0], self.layout
-        out = {"phase_now": parts["phase_now"], "rsd": 60.0 * F.softplus(parts["rsd"][:, 0]),
+        rsd = self.duration * F.softplus(parts["rsd"][:, 0] + _HALF)
+        out = {"phase_now": parts["phase_now"], "rsd": rsd,
                "presence": parts["presence"].reshape(b, len(lay.presence_deltas_s), lay.presence),
                "events": parts["events"].reshape(b, len(lay.event_horizons_s), lay.events)}
         if lay.phases:

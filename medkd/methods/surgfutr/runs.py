@@ -42,11 +42,7 @@ class RunClasses(dict):
     @property
     def layout(self) -> HeadLayout:
         """The student's head layout."""
-        lay = self["layout"]
-        return HeadLayout(int(lay["phases"]), int(lay["presence"]), int(lay["events"]),
-                          tuple(int(d) for d in lay["presence_deltas_s"]),
-                          tuple(int(h) for h in lay["event_horizons_s"]),
-                          tuple(float(h) for h in lay["transition_horizons_min"]))
+        return HeadLayout.from_dict(self["layout"])
 
 
 def save_run(run: Path, cfg: SurgFUTRConfig, classes: dict[str, Any]) -> None:

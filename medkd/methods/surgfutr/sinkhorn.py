@@ -9,9 +9,9 @@ Example:
     >>> import torch
     >>> z = torch.nn.functional.normalize(torch.randn(256, 8), dim=1)
     >>> protos = Prototypes(8, 4)
-    >>> q = sinkhorn_knopp(protos(z), epsilon=0.05, iterations=10)
-    >>> bool(torch.allclose(q.sum(1), torch.ones(256), atol=1e-6)), q.sum(0).round().tolist()
-    (True, [64.0, 64.0, 64.0, 64.0])
+    >>> q = sinkhorn_knopp(protos(z), epsilon=0.05, iterations=50)
+    >>> bool(torch.allclose(q.sum(1), torch.ones(256), atol=1e-6)), bool(torch.allclose(q.sum(0), torch.full((4,), 64.0), rtol=0.02))
+    (True, True)
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from medkd.errors import ConfigError
 from medkd.inference import resolve_device
 from medkd.io.atomic import write_text_atomic
 from medkd.methods.surgfutr.config import SurgFUTRConfig, TeacherMode
-from medkd.methods.surgfutr.data import BatchSampler, SplitData, head_layout, load_split
+from medkd.methods.surgfutr.data import BatchSampler, SplitData, load_split
 from medkd.methods.surgfutr.losses import (
     actdyn_loss,
     feature_kd_loss,
@@ -69,12 +68,12 @@ def lr_at(cfg: SurgFUTRConfig, iteration: int) -> float:
 
 def run_classes(cfg: SurgFUTRConfig, data: SplitData) -> dict[str, Any]:
     """What ``RUN/classes.json`` holds for a training split."""
-    layout = head_layout(cfg, len(data.phase_names), len(data.presence_names), len(data.event_names))
+    layout = data.layout(cfg)
     return {"phase_names": list(data.phase_names), "presence_names": list(data.presence_names),
             "presence_key": cfg.data.presence_key(), "event_names": list(data.event_names),
             "tool_names": list(data.tool_names),
             "tool_of": None if data.tool_of is None else data.tool_of.tolist(),
-            "layout": dataclasses.asdict(layout)}
+            "layout": layout.to_dict()}
 
 
 class SurgFUTRTask(TrainTask):
@@ -82,7 +81,7 @@ class SurgFUTRTask(TrainTask):
 
     def __init__(self, cfg: SurgFUTRConfig, train: SplitData, val: SplitData | None, device: torch.device) -> None:
         self.cfg, self.train, self.val, self.device = cfg, train, val, device
-        self.layout = head_layout(cfg, len(train.phase_names), len(train.presence_names), len(train.event_names))
+        self.layout = train.layout(cfg)
         self.student = Student(cfg, self.layout).to(device)
         self.teacher_net = Teacher(cfg, self.layout).to(device) if cfg.uses_teacher() else None
         self.queue = EmbeddingQueue(cfg.model.queue, cfg.model.state_dim).to(device)
