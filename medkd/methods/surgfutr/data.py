@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,10 +228,12 @@ def _change(cfg: SurgFUTRConfig, n: int, phase: Any, presence: Any) -> np.ndarra
 
 
 def load_split(cfg: SurgFUTRConfig, data_root: str | Path, split: str, *, cache: bool = True,
-               skip_bad: bool = False) -> SplitData:
+               skip_bad: bool = False, decode: bool = True) -> SplitData:
     """Read, decode and label a split (see the module docstring).
 
     Args:
+        decode: decode the frames; ``False`` gives labels only (``frames`` is an empty ``(N, 0, 0, 3)`` array), for
+            what needs no pixels (the prior baseline).
         skip_bad: skip a video that fails (logged, listed in :attr:`SplitData.skipped`) instead of raising.
 
     Raises:
@@ -266,7 +267,8 @@ def load_split(cfg: SurgFUTRConfig, data_root: str | Path, split: str, *, cache:
             if video.num_seconds < cfg.past_seconds:
                 raise DataError(video.source, f"{video.num_seconds} s is shorter than one window "
                                               f"({cfg.past_seconds} s: model.window x model.clip_stride)")
-            frames = decode_frames(video, tuple(cfg.data.frame_size), cache_dir)
+            frames = (decode_frames(video, tuple(cfg.data.frame_size), cache_dir) if decode
+                      else np.empty((video.num_seconds, 0, 0, 3), np.uint8))
             phase, presence, tools, events, targets = _video_targets(cfg, video, event_columns)
         except DataError as err:
             if not skip_bad:
@@ -359,8 +361,3 @@ class BatchSampler:
     def __iter__(self):  # noqa: ANN204
         while True:
             yield self.batch(*self.anchors(self.cfg.train.batch_size))
-
-
-def stack_targets(values: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate per-video arrays along time."""
-    return np.concatenate(list(values), axis=0)

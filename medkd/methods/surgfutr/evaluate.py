@@ -44,7 +44,7 @@ def evaluate_run(run: str | Path, data_root: str | Path, *, split: str = "test",
 
     student, cfg, classes, ckpt = load_student(run, device, checkpoint)
     data = load_split(cfg, data_root, split, skip_bad=True)
-    train = load_split(cfg, data_root, "train", skip_bad=True)
+    train = load_split(cfg, data_root, "train", skip_bad=True, decode=False)  # the prior needs labels only
     start = time.perf_counter()
     forecasts = [forecast_frames(student, v.frames, device=device) for v in data.videos]
     seconds = time.perf_counter() - start
