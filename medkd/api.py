@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = [
     "bcp_train", "bcp_eval", "bcp_predict", "gt_train", "gt_stage", "gt_eval", "gt_predict",
-    "surgfutr_train", "surgfutr_eval", "surgfutr_predict", "surgfutr_stream", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
+    "surgfutr_train", "surgfutr_eval", "surgfutr_predict", "surgfutr_stream", "distill_run", "distill_list",
+    "distill_list_modules", "distill_eval", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
     "demo",
 ]
 
@@ -169,6 +170,62 @@ def surgfutr_stream(
     from medkd.methods.surgfutr.stream import stream_forecasts
 
     return stream_forecasts(run, source, out=out, device=device, max_seconds=max_seconds, on_forecast=on_forecast)
+
+
+def distill_run(
+    config: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a student from a teacher as the experiment YAML says; see :func:`medkd.distill.runner.run_experiment`."""
+    from medkd.config import load_config
+    from medkd.distill.config import DistillConfig
+    from medkd.distill.runner import run_experiment
+
+    return run_experiment(load_config(DistillConfig, config, overrides), data_root, out, resume=resume,
+                          progress=progress)
+
+
+def distill_list(pattern: str = "*", *, kind: str | None = None) -> list[Any]:
+    """Every distillation plugin (key, kind, module, distribution, summary); see :func:`medkd.distill.list_plugins`."""
+    from medkd.distill import list_plugins
+
+    return list_plugins(pattern, kind=kind)
+
+
+def distill_list_modules(
+    net: str, *, in_channels: int = 1, num_classes: int = 2, size: Sequence[int] | None = None,
+) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """Module names, types and output shapes of a registered network, to choose feature taps from."""
+    import torch
+
+    from medkd.distill.hooks import list_modules
+    from medkd.nets import create_net, net_task
+
+    task = str(net_task(net))
+    if task == "classification":
+        model = create_net(net, in_channels=in_channels, num_classes=num_classes)
+    elif task == "segmentation":
+        model = create_net(net, in_channels=in_channels, out_channels=num_classes)
+    else:
+        raise ValueError(f"list-modules supports classification and segmentation nets; {net!r} is a {task} net")
+    if size is None:
+        size = (64, 64, 32) if "3" in net or "vnet" in net else (64, 64)
+    return list_modules(model, torch.zeros(1, in_channels, *size))
+
+
+def distill_eval(
+    run: str | Path, data_root: str | Path, *, split: str = "test", json: str | Path | None = None,
+    checkpoint: str = "best", progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a distilled student on a split (writes ``json``); see :func:`medkd.distill.evaluate.evaluate_run`."""
+    from medkd.distill.evaluate import evaluate_run
+
+    return evaluate_run(run, data_root, split=split, json=json, checkpoint=checkpoint, progress=progress)
 
 
 def pipeline_run(

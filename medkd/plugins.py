@@ -37,6 +37,7 @@ __all__ = [
     "ensure_plugins",
     "load_plugins",
     "loaded_plugins",
+    "loading_distribution",
     "plugins_disabled",
 ]
 
@@ -74,6 +75,13 @@ _lock = threading.RLock()
 _done = False
 _loading_thread: int | None = None
 _status: dict[tuple[str, str], PluginStatus] = {}
+_loading_dist: str | None = None
+
+
+def loading_distribution() -> str | None:
+    """The distribution whose entry point is being loaded right now (None outside discovery): registries record
+    it as the origin of what the plugin registers."""
+    return _loading_dist
 
 
 def plugins_disabled() -> bool:
@@ -98,7 +106,9 @@ def _distribution(ep: importlib.metadata.EntryPoint) -> str | None:
 
 
 def _load_one(ep: importlib.metadata.EntryPoint) -> PluginStatus:
+    global _loading_dist
     dist = _distribution(ep)
+    _loading_dist = dist
     try:
         obj = ep.load()
         if callable(obj) and not isinstance(obj, ModuleType):
@@ -114,6 +124,8 @@ def _load_one(ep: importlib.metadata.EntryPoint) -> PluginStatus:
         )
         logger.debug("traceback of medkd plugin %r", ep.name, exc_info=True)
         return PluginStatus(ep.name, ep.value, dist, loaded=False, error=f"{type(err).__name__}: {err}")
+    finally:
+        _loading_dist = None
     logger.debug("loaded medkd plugin %r (%s)", ep.name, ep.value)
     return PluginStatus(ep.name, ep.value, dist, loaded=True)
 

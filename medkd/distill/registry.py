@@ -59,10 +59,16 @@ class _PluginRegistry(Registry):
     """A :class:`~medkd.registry.Registry` whose keys cannot be taken twice."""
 
     def _add(self, name: str, fn: Any, meta: dict[str, Any]) -> Any:
-        if name in self._items and self._items[name] is not fn:
+        old = self._items.get(name)
+        reloaded = old is not None and _origin(old) == _origin(fn)  # the same module imported again
+        if old is not None and old is not fn and not reloaded:
             owner = self._meta.get(name, {}).get("module", "?")
             raise ValueError(f"distillation plugin key {name!r} is already registered (by {owner}); pick another key")
         return super()._add(name, fn, meta)
+
+
+def _origin(obj: Any) -> tuple[str, str]:
+    return getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", "?")
 
 
 PLUGINS: Registry = _PluginRegistry("distillation plugin")
@@ -71,9 +77,13 @@ PLUGINS: Registry = _PluginRegistry("distillation plugin")
 
 def _distribution(module: str) -> str:
     """The installed distribution providing ``module`` (``medkd`` for medkd's own, ``?`` when unknown)."""
+    from medkd.plugins import loading_distribution
+
     top = module.split(".", 1)[0]
     if top == "medkd":
         return "medkd"
+    if loading_distribution():
+        return str(loading_distribution())
     try:
         names = importlib.metadata.packages_distributions().get(top, [])
     except Exception:  # noqa: BLE001 - a broken METADATA only loses the name

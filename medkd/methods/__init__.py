@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from medkd.methods import bcp  # registers BCP
+from medkd.methods import distilled  # registers distill (students of medkd.distill)
 from medkd.methods import grounded_teacher  # registers Grounded Teacher (gt)
 from medkd.methods import surgfutr  # registers SurgFUTR
 from medkd.methods.registry import (
@@ -32,5 +33,5 @@ from medkd.methods.registry import (
 
 __all__ = [
     "METHODS", "Method", "get_method", "list_methods", "load_run_predictor", "register_method", "resolve_ref", "bcp",
-    "grounded_teacher", "surgfutr",
+    "distilled", "grounded_teacher", "surgfutr",
 ]

@@ -48,16 +48,17 @@ def install_plugin(site: Path, monkeypatch: pytest.MonkeyPatch, dist: str, entry
     import medkd.plugins
     from medkd.registry import Registry
 
+    # register medkd's own entries first (before the plugin is visible, so their imports cannot load it into the
+    # real registries), so that the snapshot below holds them: a module first imported while the plugin is
+    # installed would otherwise lose its registrations at teardown and never make them again
+    from medkd.inference.loading import BUILTIN_SOURCE_MODULES
+
+    for module in ("medkd.app.views", "medkd.distill.losses", *BUILTIN_SOURCE_MODULES):
+        importlib.import_module(module)
     info = write_dist_info(site, dist, entry_points)
     monkeypatch.syspath_prepend(str(PLUGIN_SRC))
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()  # importlib.metadata caches the folders it has looked at
-    # register medkd's own entries first, so that the snapshot below holds them: a module first imported while the
-    # plugin is installed would otherwise lose its registrations at teardown and never make them again
-    from medkd.inference.loading import BUILTIN_SOURCE_MODULES
-
-    for module in ("medkd.app.views", *BUILTIN_SOURCE_MODULES):
-        importlib.import_module(module)
     for registry in Registry.instances():
         monkeypatch.setattr(registry, "_items", dict(registry._items))
         monkeypatch.setattr(registry, "_meta", dict(registry._meta))

@@ -32,18 +32,28 @@ logger = logging.getLogger(__name__)
 
 
 def checkpoint_path(run: str | Path, cfg: BCPConfig, which: str = "best", stage: str | None = None) -> Path:
-    """``RUN/<stage>/<which>.pt`` (default stage: the run's final one); ``best`` falls back to ``last``."""
+    """``RUN/<stage>/<which>.pt`` (default stage: the run's final one, or the ``stage`` its ``run.json`` names);
+    ``best`` falls back to ``last``."""
     if which not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
-    stage_dir = Path(run) / (stage or final_stage(cfg))
+    stage_dir = Path(run) / (stage or _run_stage(run) or final_stage(cfg))
     for name in (which, "last"):
         if (stage_dir / f"{name}.pt").is_file():
             return stage_dir / f"{name}.pt"
     raise DataError(stage_dir, f"no {which}.pt checkpoint: train the run first (medkd bcp train ... --out {run})")
 
 
+def _run_stage(run: str | Path) -> str | None:
+    """The student's stage folder a ``run.json`` names (runs of other methods storing a BCP-format student)."""
+    stage = read_run_info(run).get("stage")
+    return stage if isinstance(stage, str) and stage else None
+
+
 def load_run_config(run: str | Path) -> BCPConfig:
     """The config a run was trained with (``RUN/config.yaml``), without loading any weights.
+
+    Runs of other methods whose student is a BCP-format segmentation network (a distilled student: ``run.json``
+    has ``"format": "bcp"``) read the same way.
 
     Raises:
         DataError: the folder is not a medkd run, or its ``run.json`` names another method.
@@ -51,8 +61,9 @@ def load_run_config(run: str | Path) -> BCPConfig:
     cfg_file = Path(run) / "config.yaml"
     if not cfg_file.is_file():
         raise DataError(run, "not a medkd run folder (config.yaml is missing)")
-    method = read_run_info(run)["method"]  # a legacy folder without run.json is a BCP run
-    if method != METHOD:
+    info = read_run_info(run)  # a legacy folder without run.json is a BCP run
+    method = info["method"]
+    if method != METHOD and info.get("format") != METHOD:
         raise DataError(run, f"a run of method {method!r} (run.json), not a BCP run: use 'medkd {method} ...'")
     return config_from_dict(BCPConfig, yaml.safe_load(cfg_file.read_text()) or {}, source=str(cfg_file))
 

@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``medkd distill run|list|list-modules|eval``: knowledge distillation from one YAML experiment.
+
+The ``distill`` method's ``Method.cli`` (:mod:`medkd.methods.distilled`); each handler calls one :mod:`medkd.api`
+function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``distill`` and its actions."""
+    distill = sub.add_parser("distill", help="knowledge distillation plugins: train a student from a teacher")
+    dsub = distill.add_subparsers(dest="action", required=True)
+    run = dsub.add_parser("run", help="train a student from a teacher as an experiment YAML says")
+    run.add_argument("--config", required=True, help="experiment YAML, e.g. apps/distill/acdc_bpkd_half_from_full.yaml")
+    run.add_argument("--data-root", required=True, help="dataset folder (classification folders/CSV, ACDC, LA, NIfTI)")
+    run.add_argument("--out", required=True, help="run folder to write")
+    run.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override a key, e.g. optim.iterations=200 or teacher.checkpoint=runs/t")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoints")
+    run.set_defaults(handler=_run, interrupt_hint="the last checkpoint is kept, continue with --resume")
+
+    ls = dsub.add_parser("list", help="list the distillation plugins (key, kind, distribution)")
+    ls.add_argument("--kind", default=None, choices=("loss", "strategy", "utility"), help="only this kind")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(handler=_list)
+
+    mods = dsub.add_parser("list-modules", help="module names and output shapes of a network (for feature taps)")
+    mods.add_argument("--net", required=True, help="registered network name (medkd.nets.list_nets())")
+    mods.add_argument("--in-channels", type=int, default=1)
+    mods.add_argument("--num-classes", type=int, default=2)
+    mods.add_argument("--size", type=int, nargs="+", default=None, help="example input size, e.g. 64 64")
+    mods.set_defaults(handler=_list_modules)
+
+    ev = dsub.add_parser("eval", help="evaluate a distilled student on a split")
+    ev.add_argument("run", help="run folder written by 'medkd distill run'")
+    ev.add_argument("--data-root", required=True, help="dataset folder the run was trained on")
+    ev.add_argument("--split", default="test", help="split name (default test)")
+    ev.add_argument("--json", default=None, help="write the metrics here")
+    ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    ev.set_defaults(handler=_eval)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from medkd import api
+
+    summary = api.distill_run(args.config, args.data_root, args.out, overrides=args.set, resume=args.resume,
+                              progress=not args.quiet)
+    student = summary["student"]
+    best = student.get("best", {}).get("val", {})
+    print(f"student {student['net']}: {student['params']:,} parameters (+{student['extra_params']:,} auxiliary, "
+          f"not exported), best val score {best.get('score', float('nan')):.4f}")
+    print(f"run written to {args.out}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from medkd import api
+
+    rows = api.distill_list(kind=args.kind)
+    if args.json:
+        print(json.dumps([{"key": r.key, "kind": r.kind.value, "module": r.module, "distribution": r.distribution,
+                           "summary": r.summary} for r in rows], indent=1))
+        return 0
+    width = max((len(r.key) for r in rows), default=3)
+    print(f"{'key':<{width}}  {'kind':<8}  {'distribution':<12}  summary")
+    for r in rows:
+        print(f"{r.key:<{width}}  {r.kind.value:<8}  {r.distribution:<12}  {r.summary}")
+    return 0
+
+
+def _list_modules(args: argparse.Namespace) -> int:
+    from medkd import api
+
+    rows = api.distill_list_modules(args.net, in_channels=args.in_channels, num_classes=args.num_classes,
+                                    size=args.size)
+    width = max((len(r[0]) for r in rows), default=4)
+    print(f"{'name':<{width}}  {'type':<20}  output shape")
+    for name, kind, shape in rows:
+        print(f"{name:<{width}}  {kind:<20}  {'-' if shape is None else tuple(shape)}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from medkd import api
+
+    summary = api.distill_eval(args.run, args.data_root, split=args.split, json=args.json,
+                               checkpoint=args.checkpoint, progress=not args.quiet)
+    if "mean" in summary:
+        from medkd.metrics.seg import format_table
+
+        print(format_table(summary))
+    else:
+        print(f"accuracy {summary['accuracy']:.4f}  balanced accuracy {summary['balanced_accuracy']:.4f}  "
+              f"macro F1 {summary['macro_f1']:.4f}  (n={summary['n']}, split {args.split})")
+    if args.json:
+        print(f"metrics written to {args.json}")
+    return 0

@@ -1,0 +1,276 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``medkd distill run``: train a student from a teacher as one YAML experiment says, into a normal run folder.
+
+Steps: read the data (:mod:`medkd.distill.data`); load the teacher (a run or bundle,
+:mod:`medkd.distill.teachers`) or train it first into ``RUN/teacher`` (CE, plus Dice for segmentation); check that
+teacher and student agree (task, classes, output dimensions) and that every term finds the outputs, taps and batch
+keys it requires; train the student on the shared engine (:class:`~medkd.distill.task.DistillTask`) into
+``RUN/student``; evaluate its best and last checkpoints; write ``RUN/summary.json``.
+
+Run folder::
+
+    RUN/run.json            method distill, kind, student format and stage (a normal medkd run)
+    RUN/experiment.yaml     the resolved experiment and the plugins' modules and versions
+    RUN/config.yaml         segmentation: the student's BCP-format config (eval, bundles, pipelines, app)
+    RUN/student.json        classification: network, classes, input size
+    RUN/student/            best.pt, last.pt, metrics.jsonl (engine checkpoints)
+    RUN/teacher/            a teacher trained first (itself a run folder)
+    RUN/summary.json        best- and last-checkpoint metrics, parameters, extra parameters, speed
+
+Example:
+    >>> summary = run_experiment(cfg, "data/acdc", "runs/bpkd_half")  # doctest: +SKIP
+    >>> summary["best"]["test"]["mean"]["dice"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from medkd.config import config_to_dict
+from medkd.distill.cache import TeacherCache, teacher_fingerprint
+from medkd.distill.config import DistillConfig
+from medkd.distill.data import ClassificationData, SegmentationData, build_data
+from medkd.distill.registry import PLUGINS
+from medkd.distill.students import ClassifierInfo, load_classifier, write_student_run
+from medkd.distill.task import DistillTask
+from medkd.distill.teachers import LoadedTeacher, load_teacher
+from medkd.distill.terms import TermSpec, WeightedTerms
+from medkd.engine.checkpoint import load_checkpoint
+from medkd.engine.loop import Engine, EngineConfig
+from medkd.engine.seeding import seed_everything
+from medkd.errors import ConfigError, DataError
+from medkd.inference import resolve_device
+from medkd.io.atomic import write_text_atomic
+from medkd.nets import count_parameters
+
+__all__ = ["run_experiment", "supervised_terms", "build_network"]
+
+logger = logging.getLogger(__name__)
+
+
+def supervised_terms(task: str) -> tuple[TermSpec, ...]:
+    """The supervised loss of a network trained without a teacher: CE, plus Dice for segmentation."""
+    terms = [TermSpec(name="ce", plugin="ce")]
+    if task == "segmentation":
+        terms.append(TermSpec(name="dice", plugin="dice"))
+    return tuple(terms)
+
+
+def build_network(cfg: DistillConfig, data: ClassificationData | SegmentationData, net: str,
+                  params: dict[str, Any]) -> tuple[nn.Module, ClassifierInfo | None]:
+    """A fresh network ``net`` for the experiment's task (and, for classification, what rebuilds it)."""
+    if isinstance(data, SegmentationData):
+        from medkd.methods.bcp.trainer import build_student
+
+        if params:
+            raise ConfigError(f"net_params {sorted(params)}: segmentation networks take in/out channels only")
+        return build_student(replace(data.seg, net=net), channels_last=False), None
+    info = ClassifierInfo(net=net, net_params=dict(params), in_channels=cfg.data.in_channels,
+                          num_classes=data.num_classes, class_names=data.class_names,
+                          image_size=tuple(cfg.data.image_size))
+    try:
+        return info.build(), info
+    except TypeError as err:
+        raise ConfigError(f"net {net!r}: {err}") from None
+
+
+def _plugin_versions(terms: tuple[TermSpec, ...]) -> dict[str, dict[str, str]]:
+    import importlib.metadata
+
+    out = {}
+    for term in terms:
+        meta = PLUGINS.meta(term.plugin)
+        try:
+            version = importlib.metadata.version(meta["distribution"])
+        except Exception:  # noqa: BLE001 - an uninstalled source tree has no version
+            version = "unknown"
+        out[term.plugin] = {"module": meta["module"], "distribution": meta["distribution"], "version": version}
+    return out
+
+
+def _check_teacher(teacher: LoadedTeacher, cfg: DistillConfig, data: Any) -> None:
+    if teacher.task != cfg.task:
+        raise DataError(teacher.source, f"the teacher is a {teacher.task} model ({teacher.net}); this experiment "
+                                        f"trains a {cfg.task} student")
+    if teacher.num_classes and teacher.num_classes != data.num_classes:
+        raise DataError(teacher.source, f"the teacher predicts {teacher.num_classes} classes, the student "
+                                        f"{data.num_classes} ({', '.join(data.class_names)})")
+
+
+def _check_outputs(task: DistillTask, teacher: LoadedTeacher | None) -> None:
+    """Teacher and student logits must have the same layout (dense dims may differ in size only)."""
+    if teacher is None:
+        return
+    batch = next(iter(task.data.batches(0)))
+    images = batch["image"][:1].to(task.device)
+    with torch.no_grad():
+        was = task.student.training
+        task.student.eval()
+        s = task.student(images)
+        task.student.train(was)
+        t = task.frozen(images)
+    task.student_tap.pop()
+    task.teacher_tap.pop()
+    if s.ndim != t.ndim or s.shape[1] != t.shape[1]:
+        raise DataError(teacher.source, f"teacher output {tuple(t.shape)} does not match the student's "
+                                        f"{tuple(s.shape)} on the same input")
+
+
+def _latency_ms(net: nn.Module, example: torch.Tensor, repeats: int = 10) -> float:
+    """Median milliseconds of one forward of a batch of 1 (eval, no grad) after a warm-up."""
+    net.eval()
+    times = []
+    with torch.inference_mode():
+        net(example)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            net(example)
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * sorted(times)[len(times) // 2]
+
+
+def _train(cfg: DistillConfig, data: Any, *, net: str, net_params: dict[str, Any], terms: tuple[TermSpec, ...],
+           teacher: LoadedTeacher | None, out: Path, iterations: int, resume: bool, progress: bool,
+           device: torch.device, role: str) -> dict[str, Any]:
+    """Train one network into ``out`` (a run folder, stage ``student``) and summarise it."""
+    seed_everything(cfg.experiment.seed)
+    student, info = build_network(cfg, data, net, net_params)
+    weighted = WeightedTerms(terms)
+    s_taps = cfg.student.taps if role == "student" else ()
+    t_taps = cfg.teacher.taps if teacher is not None else ()
+    weighted.check({"logits", *(f"feat:{t}" for t in s_taps)},
+                   {"logits", *(f"feat:{t}" for t in t_taps)} if teacher is not None else set(), data.batch_keys)
+    cache = None
+    if teacher is not None and cfg.teacher.cache and isinstance(data, ClassificationData):
+        cache = TeacherCache(out / "teacher_cache", teacher_fingerprint(teacher.network))
+    optim = replace(cfg.optim, iterations=iterations)
+    task = DistillTask(student=student, teacher=teacher.network if teacher is not None else None, terms=weighted,
+                       data=data, optim=optim, device=device, seed=cfg.experiment.seed, student_taps=s_taps,
+                       teacher_taps=t_taps, cache=cache, iterations_per_epoch=cfg.optim.iterations_per_epoch)
+    try:
+        _check_outputs(task, teacher)
+        seg = replace(data.seg, net=net, pretrain_iterations=iterations) if isinstance(data, SegmentationData) else None
+        write_student_run(out, task=cfg.task, info=info, seg=seg, role=role)
+        engine_cfg = EngineConfig(max_iterations=iterations, val_interval=min(cfg.eval.val_interval, iterations),
+                                  log_interval=min(cfg.eval.log_interval, iterations), progress=progress,
+                                  grad_clip=cfg.optim.grad_clip, precision=cfg.optim.precision)
+        result = Engine(task, out / "student", engine_cfg).run(resume=resume)
+    finally:
+        task.close()
+    summary = _summarise(cfg, data, task, result, out, device)
+    summary["role"] = role
+    summary["net"] = net
+    if cache is not None:
+        summary["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses}
+    return summary
+
+
+def _summarise(cfg: DistillConfig, data: Any, task: DistillTask, result: Any, out: Path,
+               device: torch.device) -> dict[str, Any]:
+    iterations = result.last_iteration
+    epochs = iterations / task.iterations_per_epoch
+    summary: dict[str, Any] = {
+        "params": count_parameters(task.student),
+        "extra_params": task.terms.extra_params,
+        "iterations": iterations,
+        "iterations_per_epoch": task.iterations_per_epoch,
+        "seconds": round(result.seconds, 3),
+        "iterations_per_second": round(result.iterations_per_second, 3),
+        "seconds_per_epoch": round(result.seconds / epochs, 4) if result.seconds and epochs else None,
+        "seconds_per_iteration": result.time_split,
+        "best_iteration": result.best_iteration,
+    }
+    net = copy.deepcopy(task.student)
+    for which in ("best", "last"):
+        path = out / "student" / f"{which}.pt"
+        if not path.is_file():
+            continue
+        net.load_state_dict(load_checkpoint(path)["student"])
+        net.eval()
+        with torch.inference_mode():
+            entry = {"val": data.validate(net, device)}
+            if cfg.eval.test:
+                entry["test"] = data.evaluate(net, cfg.data.test_split, device)
+        summary[which] = entry
+    example = next(iter(data.batches(0)))["image"][:1].to(device)
+    summary["latency_ms"] = round(_latency_ms(net, example), 3)
+    return summary
+
+
+def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """Run a distillation experiment (see the module docstring).
+
+    Args:
+        cfg: the experiment (``load_config(DistillConfig, yaml, overrides)``).
+        data_root: the dataset folder. out: the run folder (created).
+        resume: continue the teacher and student trainings from their ``last.pt``.
+        progress: progress bars.
+
+    Returns:
+        The summary written to ``RUN/summary.json``.
+
+    Raises:
+        ConfigError: unknown plugins/parameters/keys, a term whose requirements are not met, a tap naming a
+            missing module. DataError: bad data, a teacher that is not a medkd run or bundle, or whose classes or
+            outputs do not match the student's.
+    """
+    out, data_root = Path(out), Path(data_root)
+    device = resolve_device(cfg.experiment.device, mps=False)
+    WeightedTerms(cfg.distill.terms)  # unknown plugins or parameters fail before any data is read
+    if cfg.distill.strategy:
+        raise ConfigError(f"distill.strategy {cfg.distill.strategy!r}: strategy plugins are not available yet; "
+                          "leave it empty")
+    data = build_data(cfg, data_root)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {**config_to_dict(cfg), "plugins": _plugin_versions(cfg.distill.terms)}
+    write_text_atomic(out / "experiment.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    teacher: LoadedTeacher | None = None
+    summary: dict[str, Any] = {"experiment": cfg.experiment.name, "task": cfg.task, "seed": cfg.experiment.seed,
+                               "terms": [t.name for t in cfg.distill.terms]}
+    if cfg.teacher.checkpoint:
+        teacher = load_teacher(cfg.teacher.checkpoint, device)
+    elif cfg.teacher.net:
+        teacher_run = out / "teacher"
+        logger.info("training the teacher %s first into %s", cfg.teacher.net, teacher_run)
+        summary["teacher_training"] = _train(
+            cfg, data, net=cfg.teacher.net, net_params=cfg.teacher.net_params, terms=supervised_terms(cfg.task),
+            teacher=None, out=teacher_run, iterations=cfg.teacher.iterations or cfg.optim.iterations,
+            resume=resume, progress=progress, device=device, role="teacher")
+        teacher = load_teacher(teacher_run, device)
+    if teacher is not None:
+        _check_teacher(teacher, cfg, data)
+        example = next(iter(data.batches(0)))["image"][:1].to(device)
+        summary["teacher"] = {"source": str(teacher.source), "net": teacher.net,
+                              "params": count_parameters(teacher.network),
+                              "latency_ms": round(_latency_ms(teacher.network, example), 3)}
+        if cfg.eval.test:
+            with torch.inference_mode():
+                summary["teacher"]["test"] = data.evaluate(teacher.network, cfg.data.test_split, device)
+    summary["student"] = _train(
+        cfg, data, net=cfg.student.net, net_params=cfg.student.net_params, terms=cfg.distill.terms, teacher=teacher,
+        out=out, iterations=cfg.optim.iterations, resume=resume, progress=progress, device=device, role="student")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    logger.info("distilled student written to %s", out)
+    return summary
+
+
+def load_student(run: str | Path, which: str = "best", device: str | torch.device = "cpu") -> nn.Module:
+    """The student network of a distill run (either task), eval mode."""
+    from medkd.runs import read_run_info
+
+    if read_run_info(run).get("format") == "classifier":
+        return load_classifier(run, which, device)[1]
+    from medkd.methods.bcp.predict import load_run
+
+    return load_run(run, which, device)[1]
