@@ -43,7 +43,8 @@ class RequirementError(ConfigError):
 class Requires:
     """What a plugin reads: keys of the student's and teacher's output dicts and of the batch.
 
-    ``"feat:*"`` means "at least one feature tap". Checked before training by :meth:`check_keys`.
+    ``"feat:*"`` means "at least one feature tap"; ``"embedding|feat:*"`` means either. Checked before training by
+    :meth:`check_keys`.
 
     Example:
         >>> Requires(student=("logits", "feat:*"), batch=("label",)).missing({"logits"}, {"logits"}, {"label"})
@@ -59,7 +60,7 @@ class Requires:
         out = []
         for side, need, have in (("student", self.student, student), ("teacher", self.teacher, teacher)):
             for key in need:
-                ok = any(k.startswith("feat:") for k in have) if key == "feat:*" else key in have
+                ok = any(_present(alt, have) for alt in key.split("|"))  # "a|b": either will do
                 if not ok:
                     hint = f" (add {'a module name' if key == 'feat:*' else repr(key[5:])} to {side}.taps)" \
                         if key.startswith("feat:") else ""
@@ -72,6 +73,10 @@ class Requires:
         missing = self.missing(student, teacher, batch)
         if missing:
             raise RequirementError(f"distillation plugin {plugin!r} needs {'; '.join(missing)}")
+
+
+def _present(key: str, have: set[str]) -> bool:
+    return any(k.startswith("feat:") for k in have) if key == "feat:*" else key in have
 
 
 class DistillLoss(nn.Module):
