@@ -127,8 +127,9 @@ class TeacherConfig:
         net / net_params: the network to train first (when ``checkpoint`` is empty).
         iterations: iterations of that teacher training (the student's optimiser settings, CE (+ Dice)).
         taps: teacher modules to tap (``feat:<name>`` keys, detached).
-        cache: keep the teacher's fp16 outputs per case on disk (``RUN/teacher_cache``); needs
-            ``data.augment: false`` (deterministic inputs).
+        cache: keep the teacher's fp16 outputs per case on disk; needs ``data.augment: false`` (deterministic
+            inputs). cache_dir: where (default ``RUN/teacher_cache``); entries are keyed by the teacher's weights,
+            so experiments with the same teacher can share one folder.
     """
 
     checkpoint: str = ""
@@ -137,6 +138,7 @@ class TeacherConfig:
     iterations: int = 0
     taps: tuple[str, ...] = ()
     cache: bool = False
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -197,11 +199,12 @@ class OptimConfig:
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """``val_interval``: validate (and keep ``best.pt``) every N iterations; ``log_interval``; ``test``: also
-    evaluate best and last checkpoints on the test split at the end."""
+    evaluate best and last checkpoints on the test split at the end; ``teacher``: evaluate the teacher on it too."""
 
     val_interval: int = 200
     log_interval: int = 20
     test: bool = True
+    teacher: bool = True
 
     def __post_init__(self) -> None:
         if self.val_interval < 1 or self.log_interval < 1:

@@ -152,7 +152,8 @@ def _train(cfg: DistillConfig, data: Any, *, net: str, net_params: dict[str, Any
                    {"logits", *(f"feat:{t}" for t in t_taps)} if teacher is not None else set(), data.batch_keys)
     cache = None
     if teacher is not None and cfg.teacher.cache and isinstance(data, ClassificationData):
-        cache = TeacherCache(out / "teacher_cache", teacher_fingerprint(teacher.network))
+        cache = TeacherCache(Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else out / "teacher_cache",
+                             teacher_fingerprint(teacher.network))
     optim = replace(cfg.optim, iterations=iterations)
     task = DistillTask(student=student, teacher=teacher.network if teacher is not None else None, terms=weighted,
                        data=data, optim=optim, device=device, seed=cfg.experiment.seed, student_taps=s_taps,
@@ -254,7 +255,7 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
         summary["teacher"] = {"source": str(teacher.source), "net": teacher.net,
                               "params": count_parameters(teacher.network),
                               "latency_ms": round(_latency_ms(teacher.network, example), 3)}
-        if cfg.eval.test:
+        if cfg.eval.test and cfg.eval.teacher:
             with torch.inference_mode():
                 summary["teacher"]["test"] = data.evaluate(teacher.network, cfg.data.test_split, device)
     summary["student"] = _train(

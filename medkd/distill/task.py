@@ -104,7 +104,8 @@ class DistillTask(TrainTask):
         cases = batch.get("case")
         if self.cache is not None and cases is not None:
             hits = [self.cache.get(c, 0) for c in cases]
-            if all(h is not None for h in hits):
+            wanted = {"logits", *(f"feat:{name}" for name in self.teacher_tap.names)}
+            if all(h is not None and wanted <= set(h) for h in hits):
                 return {k: torch.stack([h[k] for h in hits]).to(self.device).float() for k in hits[0]}
         logits = self.frozen(images)
         out = {"logits": logits.float(), **self.teacher_tap.pop()}

@@ -38,10 +38,11 @@ def test_registry_sweep_contract_per_task(name: str) -> None:
 def test_builtin_nets_tasks() -> None:
     import medkd.methods.surgfutr.modules  # noqa: F401  (registers SurgFUTR's clip encoder, whatever ran before)
 
-    assert set(list_nets()) - set(list_nets(task="segmentation")) == {"retinanet2d", "surgfutr_cnn"}
+    classifiers = ["kd_cnn", "kd_cnn_wide", "monai_resnet10", "monai_resnet18"]
+    assert set(list_nets()) - set(list_nets(task="segmentation")) == {"retinanet2d", "surgfutr_cnn", *classifiers}
     assert list_nets(task=NetTask.DETECTION) == ["retinanet2d"]
     assert list_nets(task="video_encoder") == ["surgfutr_cnn"]
-    assert list_nets(task="classification") == []
+    assert list_nets(task="classification") == classifiers
 
 
 @pytest.mark.parametrize("name", [n for n in list_nets(task="segmentation") if n != "monai_vnet"])
