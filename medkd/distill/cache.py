@@ -38,8 +38,8 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     """SHA-256 of the teacher's state dict (names, shapes, dtypes and values): changes when any weight changes."""
     digest = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 

@@ -126,6 +126,7 @@ class TeacherConfig:
             relative paths are relative to the current folder. Empty: train ``net`` first into ``RUN/teacher``.
         net / net_params: the network to train first (when ``checkpoint`` is empty).
         iterations: iterations of that teacher training (the student's optimiser settings, CE (+ Dice)).
+        train_split: the split that teacher trains on (default the student's ``data.train_split``).
         taps: teacher modules to tap (``feat:<name>`` keys, detached).
         cache: keep the teacher's fp16 outputs per case on disk; needs ``data.augment: false`` (deterministic
             inputs). cache_dir: where (default ``RUN/teacher_cache``); entries are keyed by the teacher's weights,
@@ -136,6 +137,7 @@ class TeacherConfig:
     net: str = ""
     net_params: dict[str, Any] = field(default_factory=dict)
     iterations: int = 0
+    train_split: str = ""
     taps: tuple[str, ...] = ()
     cache: bool = False
     cache_dir: str = ""

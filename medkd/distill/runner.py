@@ -244,8 +244,12 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
     elif cfg.teacher.net:
         teacher_run = out / "teacher"
         logger.info("training the teacher %s first into %s", cfg.teacher.net, teacher_run)
+        teacher_data = data
+        if cfg.teacher.train_split and cfg.teacher.train_split != cfg.data.train_split:
+            teacher_data = build_data(replace(cfg, data=replace(cfg.data, train_split=cfg.teacher.train_split)),
+                                      data_root)
         summary["teacher_training"] = _train(
-            cfg, data, net=cfg.teacher.net, net_params=cfg.teacher.net_params, terms=supervised_terms(cfg.task),
+            cfg, teacher_data, net=cfg.teacher.net, net_params=cfg.teacher.net_params, terms=supervised_terms(cfg.task),
             teacher=None, out=teacher_run, iterations=cfg.teacher.iterations or cfg.optim.iterations,
             resume=resume, progress=progress, device=device, role="teacher")
         teacher = load_teacher(teacher_run, device)
