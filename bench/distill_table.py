@@ -146,8 +146,9 @@ def table(results: list[dict[str, Any]], teacher_acc: float) -> tuple[list[dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--teacher-iterations", type=int, default=800)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--teacher-iterations", type=int, default=1500)
+    parser.add_argument("--overlap", type=float, default=0.5, help="class overlap of the generator (1: default)")
     parser.add_argument("--teacher-net", default="kd_cnn_wide")
     parser.add_argument("--rows", nargs="+", default=list(PLUGIN_ROWS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/medkd_bench_distill"))
@@ -157,7 +158,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from medkd.data.synthetic.lesion_classes import write_synth_lesion_2d
+    from medkd.data.synthetic.lesion_classes import LesionClassConfig, write_synth_lesion_2d
 
     sizes = dict(n_teacher_train=8000, n_train=1000, n_val=1000, n_test=2000, n_unlabelled=0)
     if args.quick:
@@ -165,10 +166,10 @@ def main() -> None:
         sizes = dict(n_teacher_train=400, n_train=200, n_val=100, n_test=200, n_unlabelled=0)
         args.work = args.work.with_name(args.work.name + "_quick")
         args.out = args.out.with_name(args.out.name + "_quick")
-    data = args.work / "synth_lesion_2d"
+    data = args.work / f"synth_lesion_2d_overlap{args.overlap}"
     if not (data / "metadata.csv").is_file():
         t0 = time.perf_counter()
-        write_synth_lesion_2d(data, seed=0, **sizes)
+        write_synth_lesion_2d(data, seed=0, config=LesionClassConfig(overlap=args.overlap), **sizes)
         print(f"data written in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     teacher_dir = args.work / f"teacher_{args.teacher_net}_{args.teacher_iterations}"
@@ -188,6 +189,7 @@ def main() -> None:
     meta = {"teacher_net": args.teacher_net, "teacher_params": teacher["student"]["params"],
             "teacher_test_accuracy": teacher_acc, "student_net": "kd_cnn", "iterations": args.iterations,
             "teacher_iterations": args.teacher_iterations, "seeds": args.seeds, "data": sizes,
+            "overlap": args.overlap,
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads"}
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": results}, indent=1))
@@ -195,7 +197,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = (f"SynthLesion-2D, teacher {args.teacher_net} ({meta['teacher_params']:,} params, test accuracy "
+    header = (f"SynthLesion-2D (overlap {args.overlap}, trained at 32x32), teacher {args.teacher_net} ({meta['teacher_params']:,} params, test accuracy "
               f"{teacher_acc:.3f}), student kd_cnn, {args.iterations} iterations, seeds {args.seeds}.\n\n")
     args.out.with_suffix(".md").write_text(header + md + "\n")
 
