@@ -16,7 +16,9 @@
 8. SurgFUTR: writes 12 synthetic laparoscopic videos in the Cholec80 layout, trains teacher and student with
    ``apps/surgfutr/cpu_synthetic.yaml`` (shortened), evaluates them against copy-current and the prior on the test
    videos, forecasts a test video offline (CSV) and live (streamed, causal), exports ``models/demo_lap_surgfutr``;
-9. prints where everything is.
+9. distillation: the BCP run of step 2 teaches a fresh half-width U-Net with BPKD (``apps/distill/cpu_acdc_bpkd.yaml``,
+   shortened), evaluated on the test list and exported as ``models/demo_acdc_distilled``;
+10. prints where everything is.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from typing import Any
 import numpy as np
 
 __all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE", "DEMO_GT_BUNDLE",
-           "DEMO_SURGFUTR_BUNDLE"]
+           "DEMO_SURGFUTR_BUNDLE", "DEMO_DISTILL_BUNDLE"]
 
 #: names of the bundles the demo exports (``models/zoo.yaml`` lists them; the app compares them side by side)
 DEMO_BUNDLE = "demo_acdc_bcp"
 DEMO_BASELINE_BUNDLE = "demo_acdc_supervised"
 DEMO_GT_BUNDLE = "demo_mammo_gt"
 DEMO_SURGFUTR_BUNDLE = "demo_lap_surgfutr"
+DEMO_DISTILL_BUNDLE = "demo_acdc_distilled"
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,12 @@ SURGFUTR_OVERRIDES = ["train.iterations=200", "train.val_interval=100", "log_int
 SURGFUTR_QUICK_OVERRIDES = ["train.iterations=4", "train.val_interval=4", "train.batch_size=4", "model.width=8",
                             "model.feature_dim=32", "model.state_dim=16", "model.window=4", "data.train=1-2",
                             "data.val=3", "data.test=4", "log_interval=2"]
+
+#: the distillation step's shortening of ``apps/distill/cpu_acdc_bpkd.yaml`` (and, with ``quick``, more)
+DISTILL_OVERRIDES = ["optim.iterations=150", "eval.val_interval=75", "data.labeled=2", "data.image_size=[128, 128]",
+                     "teacher.net=''"]
+DISTILL_QUICK_OVERRIDES = ["optim.iterations=4", "eval.val_interval=2", "data.batch_size=4", "data.labeled=1",
+                           "data.image_size=[64, 64]"]
 
 QUICK_OVERRIDES = [
     "pretrain_iterations=4", "selftrain_iterations=4", "val_interval=4", "patch=[64, 64]", "batch_size=4",
@@ -170,6 +179,26 @@ def _num(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _distill(out: Path, data_root: Path, teacher_run: Path, models_dir: Path, *, quick: bool,
+             progress: bool) -> dict[str, Any]:
+    """Step 9: distil the BCP run into a fresh half-width U-Net with BPKD; evaluate; export the bundle."""
+    from medkd.bundle import export_bundle
+    from medkd.config import load_config
+    from medkd.distill.config import DistillConfig
+    from medkd.distill.runner import run_experiment
+
+    run = out / "runs" / "distilled"
+    sets = [*DISTILL_OVERRIDES, f"teacher.checkpoint={teacher_run}", *(DISTILL_QUICK_OVERRIDES if quick else [])]
+    summary = run_experiment(load_config(DistillConfig, preset_path("distill/cpu_acdc_bpkd.yaml"), sets), data_root,
+                             run, resume=(run / "student" / "last.pt").is_file(), progress=progress)
+    bundle = export_bundle(run, models_dir / DEMO_DISTILL_BUNDLE, overwrite=True)
+    student, teacher = summary["student"], summary["teacher"]
+    return {"run": str(run), "bundle": str(bundle), "student_dice": student["best"]["test"]["mean"]["dice"],
+            "teacher_dice": teacher["test"]["mean"]["dice"], "student_latency_ms": student["latency_ms"],
+            "teacher_latency_ms": teacher["latency_ms"], "student_params": student["params"],
+            "teacher_params": teacher["params"]}
+
+
 def run_demo(
     out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True, models: str | Path | None = None
 ) -> dict[str, Any]:
@@ -197,7 +226,7 @@ def run_demo(
     started = time.perf_counter()
     data_root = out / "data" / "acdc"
     sizes = dict(n_train=8, n_val=2, n_test=2) if quick else dict(n_train=40, n_val=6, n_test=10)
-    logger.info("1/8 writing synthetic ACDC-layout data to %s", data_root)
+    logger.info("1/9 writing synthetic ACDC-layout data to %s", data_root)
     write_synthetic_acdc(data_root, **sizes, seed=0)
 
     preset = preset_path("bcp/cpu_2d.yaml")
@@ -205,14 +234,14 @@ def run_demo(
     runs = {"bcp": out / "runs" / "bcp", "supervised": out / "runs" / "supervised"}
     metrics: dict[str, Any] = {}
     for name, run in runs.items():
-        logger.info("2/8 training %s (%s)", name, preset)
+        logger.info("2/9 training %s (%s)", name, preset)
         overrides = extra + (["method=supervised"] if name == "supervised" else [])
         train_bcp(load_config(BCPConfig, preset, overrides), data_root, run, resume=True, progress=progress)
-        logger.info("3/8 evaluating %s on the test list", name)
+        logger.info("3/9 evaluating %s on the test list", name)
         metrics[name] = evaluate_run(run, data_root, split="test", json=run / "metrics_test.json", progress=progress)
         print(f"\n{name}:\n{format_table(metrics[name])}")
 
-    logger.info("4/8 segmenting a NIfTI volume and drawing the overlay")
+    logger.info("4/9 segmenting a NIfTI volume and drawing the overlay")
     nifti, image, label = _write_nifti_case(data_root, out / "inputs")
     predictions = {name: predict_paths(run, nifti, out / "predictions" / name)[0] for name, run in runs.items()}
     masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for name, p in predictions.items()}
@@ -228,21 +257,24 @@ def run_demo(
         class_names=class_names(cfg),
         title=f"{nifti.name}, slice {z}",
     )
-    logger.info("5/8 exporting the BCP run and the baseline as MONAI bundles")
+    logger.info("5/9 exporting the BCP run and the baseline as MONAI bundles")
     models_dir = Path(models or os.environ.get("MEDKD_MODELS", "models"))
     bundle = export_bundle(runs["bcp"], models_dir / DEMO_BUNDLE, overwrite=True)
     export_bundle(runs["supervised"], models_dir / DEMO_BASELINE_BUNDLE, overwrite=True)
-    logger.info("6/8 running the DICOM pipeline on a synthetic cine-MR series")
+    logger.info("6/9 running the DICOM pipeline on a synthetic cine-MR series")
     dicom_in = _write_dicom_inputs(image, out / "dicom_in")
     pipeline = run_pipeline(repo_file("pipelines/acdc_cine_mr.yaml"), dicom_in, out / "dicom_out", model=bundle,
                             workers=0, progress=progress)
     segs = sorted(str(out / "dicom_out" / o) for r in pipeline.rows if r.kind == "series" for o in r.outputs
                   if o.endswith("seg.dcm"))
-    logger.info("7/8 Grounded Teacher: adapting a lesion detector to a shifted target domain")
+    logger.info("7/9 Grounded Teacher: adapting a lesion detector to a shifted target domain")
     gt = _grounded_teacher(out, models_dir, quick=quick, progress=progress)
-    logger.info("8/8 SurgFUTR: forecasting phases, tools and remaining time from laparoscopic video")
+    logger.info("8/9 SurgFUTR: forecasting phases, tools and remaining time from laparoscopic video")
     sf = _surgfutr(out, models_dir, quick=quick, progress=progress)
+    logger.info("9/9 distillation: the BCP run teaches a fresh student with BPKD")
+    kd = _distill(out, data_root, runs["bcp"], models_dir, quick=quick, progress=progress)
     summary = {
+        "distill": kd,
         "grounded_teacher": gt,
         "surgfutr": sf,
         "data": str(data_root),
@@ -279,6 +311,9 @@ def run_demo(
         f"{_num(sf['metrics']['surgfutr']['tool_map_change'])} vs {_num(sf['metrics']['copy_current']['tool_map_change'])}; "
         f"RSD MAE {_num(sf['metrics']['surgfutr']['rsd_mae'])} min vs {_num(sf['metrics']['prior']['rsd_mae'])} prior; "
         f"streamed at {sf['stream_fps']:.0f} frames/s; forecasts {sf['forecasts_csv']}; bundle {sf['bundle']}\n"
+        f"  Distillation   : BPKD student test Dice {100 * kd['student_dice']:.1f}% from the BCP teacher's "
+        f"{100 * kd['teacher_dice']:.1f}% ({kd['student_params']:,} parameters, {kd['student_latency_ms']:.1f} ms a "
+        f"slice); bundle {kd['bundle']}\n"
         f"  pipeline report: {pipeline.report_csv}\n"
         f"  summary        : {out / 'demo_summary.json'}"
     )
