@@ -134,7 +134,7 @@ def table(results: list[dict[str, Any]], teacher_acc: float) -> tuple[list[dict[
         entry = {"plugin": row, "metric": "accuracy", "teacher": teacher_acc, "scratch_mean": s_mean,
                  "scratch_sd": s_sd, "distilled_mean": a_mean, "distilled_sd": a_sd, "delta_mean": d_mean,
                  "delta_sd": d_sd, "extra_params": by[(row, seeds[0])]["extra_params"],
-                 "s_per_epoch": statistics.mean(by[(row, s)]["s_per_epoch"] for s in seeds), "verdict": verdict,
+                 "s_per_epoch": statistics.median(by[(row, s)]["s_per_epoch"] for s in seeds), "verdict": verdict,
                  "last_acc_mean": statistics.mean(by[(row, s)]["last_acc"] for s in seeds)}
         rows.append(entry)
         lines.append(f"| {row} | accuracy | {teacher_acc:.3f} | {s_mean:.3f} ± {s_sd:.3f} | {a_mean:.3f} ± {a_sd:.3f}"
@@ -154,7 +154,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/medkd_bench_distill"))
     parser.add_argument("--quick", action="store_true", help="1 seed, 20 iterations, small data (smoke)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distill_table")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table from the JSON's runs")
     args = parser.parse_args()
+    if args.table_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        rows, md = table(saved["runs"], saved["meta"]["teacher_test_accuracy"])
+        _write(args, saved["meta"], rows, saved["runs"], md)
+        print(md)
+        return
     logging.basicConfig(level=logging.WARNING)
     import torch
 
@@ -192,13 +199,19 @@ def main() -> None:
             "overlap": args.overlap,
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads"}
+    _write(args, meta, rows, results, md)
+
+
+def _write(args: argparse.Namespace, meta: dict[str, Any], rows: list[dict[str, Any]], results: list[dict[str, Any]],
+           md: str) -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": results}, indent=1))
     with args.out.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = (f"SynthLesion-2D (overlap {args.overlap}, trained at 32x32), teacher {args.teacher_net} ({meta['teacher_params']:,} params, test accuracy "
-              f"{teacher_acc:.3f}), student kd_cnn, {args.iterations} iterations, seeds {args.seeds}.\n\n")
+    header = (f"SynthLesion-2D (overlap {meta['overlap']}, trained at 32x32), teacher {meta['teacher_net']} "
+              f"({meta['teacher_params']:,} params, test accuracy {meta['teacher_test_accuracy']:.3f}), student "
+              f"kd_cnn, {meta['iterations']} iterations, seeds {meta['seeds']}; s/epoch is the median over seeds.\n\n")
     args.out.with_suffix(".md").write_text(header + md + "\n")
 
 

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "Rows", "as_rows", "match_spatial", "logit_rows", "mean_or_zero", "tempered_kl"]
+__all__ = [
+    "IGNORE_INDEX", "Rows", "as_rows", "dense_example_inputs", "logit_rows", "match_spatial", "mean_or_zero",
+    "tempered_kl",
+]
 
 #: label value of voxels that no loss reads (as ``torch.nn.CrossEntropyLoss``)
 IGNORE_INDEX = -100
@@ -90,3 +93,16 @@ def tempered_kl(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> T
 def mean_or_zero(values: Tensor, like: Tensor) -> Tensor:
     """``values.mean()``, or a zero that keeps ``like``'s graph when nothing is left (every voxel ignored)."""
     return values.mean() if values.numel() else like.sum() * 0.0
+
+
+def dense_example_inputs(
+    seed: int = 0,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], dict[str, float]]:
+    """Seeded dense ``(student, teacher, batch, ctx)`` for the stored-value tests of segmentation plugins: logits
+    ``(2, 3, 12, 12)`` and a label map with two overlapping square structures."""
+    g = torch.Generator().manual_seed(seed)
+    label = torch.zeros(2, 12, 12, dtype=torch.long)
+    label[:, 2:7, 2:7], label[:, 6:11, 7:11] = 1, 2
+    student = {"logits": torch.randn(2, 3, 12, 12, generator=g)}
+    teacher = {"logits": 2.0 * torch.randn(2, 3, 12, 12, generator=g)}
+    return student, teacher, {"label": label}, {"epoch": 30.0, "step": 100}

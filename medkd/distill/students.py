@@ -61,7 +61,8 @@ def segmentation_config(cfg: DistillConfig, net: str | None = None, iterations: 
     return config_from_dict(BCPConfig, dict(
         dataset=data.layout.value, method="supervised", net=net or cfg.student.net, in_channels=data.in_channels,
         num_classes=data.num_classes, labeled=data.labeled or 1, patch=tuple(data.image_size),
-        batch_size=data.batch_size, labeled_batch_size=data.batch_size, pretrain_iterations=iterations or optim.iterations,
+        batch_size=data.batch_size, labeled_batch_size=data.batch_size,
+        pretrain_iterations=iterations or optim.iterations,
         selftrain_iterations=0, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
         seed=cfg.experiment.seed, val_interval=cfg.eval.val_interval, log_interval=cfg.eval.log_interval,
         num_workers=data.num_workers, device=cfg.experiment.device, precision=optim.precision,

@@ -128,7 +128,7 @@ class DistillTask(TrainTask):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         modules: dict[str, nn.Module] = {"student": self.student}
-        if any(p.requires_grad for p in self.terms.parameters()):
+        if self.terms.state_dict():  # branches, projectors, prototypes, a bilevel MLP: saved and restored on resume
             modules["distill"] = self.terms
         return modules
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medkd.distill.base import DistillLoss, Requires
-from medkd.distill.dense import IGNORE_INDEX, match_spatial
+from medkd.distill.dense import IGNORE_INDEX, dense_example_inputs, match_spatial
 from medkd.distill.registry import register_loss
 
 __all__ = ["BPKDLoss", "boundary_masks"]
@@ -139,12 +139,7 @@ class BPKDLoss(DistillLoss):
     @classmethod
     def example_inputs(cls, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Seeded dense inputs: logits ``(2, 3, 12, 12)`` and a label map with two square structures."""
-        g = torch.Generator().manual_seed(seed)
-        label = torch.zeros(2, 12, 12, dtype=torch.long)
-        label[:, 2:7, 2:7], label[:, 6:11, 7:11] = 1, 2
-        student = {"logits": torch.randn(2, 3, 12, 12, generator=g)}
-        teacher = {"logits": 2.0 * torch.randn(2, 3, 12, 12, generator=g)}
-        return student, teacher, {"label": label}, {"epoch": 30.0, "step": 100}
+        return dense_example_inputs(seed)
 
     def radii(self, batch: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
         """The radius in voxels per spatial axis: ``radius``, or ``max(1, round(radius_mm / spacing))``.

@@ -11,8 +11,8 @@ medkd reconstruction of both, for a new site or scanner whose samples are unlabe
   are ``m * old + (1 - m) * batch mean`` with the batch mean's gradient, so the alignment trains the student.
 - ``prokd_align``: symmetric InfoNCE between the student and teacher prototypes of the classes both have seen,
   cosine similarity over ``tau_proto`` (0.1): ``(CE(S T^T / tau, I) + CE(T S^T / tau, I)) / 2``. Coinciding
-  prototypes minimise it up to InfoNCE's push of the classes apart (weight ~``exp(-(1 - cos) / tau)``, negligible
-  for separated classes; for nearly collinear ones a slightly spread student set scores a little lower).
+  prototypes score near the minimum, not exactly at it: InfoNCE saturates there and also rewards spreading the
+  student's prototypes apart, so small perturbations (about 1-10 % of the norm) can lower it slightly.
 - ``prokd_self``: on the unlabelled samples (label ``ignore_index``), cross-entropy of the student's logits with
   the soft labels ``q_k = softmax_k(-||f - c_k|| / tau_self)`` (``tau_self`` = 1): the student's projected feature
   and prototypes (``self_target="student"``) or the teacher's (``"teacher"``), detached.
