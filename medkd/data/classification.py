@@ -105,7 +105,7 @@ class ClassificationSplit:
     """The items of one split and the class names their labels index.
 
     Attributes:
-        items: the labelled images, sorted by class folder then file name, or in CSV order.
+        items: the labelled images, by label index then file name (class folders), or in CSV order.
         class_names: class names; label ``k`` is ``class_names[k]``.
         split: the split read.
         source: the split folder or the CSV file.
@@ -388,9 +388,10 @@ def read_classification_split(
 
     Raises:
         DataError: naming the file or folder: a missing split folder or CSV, no class folders, a class folder
-            outside the train split's classes (or ``class_names``), no images, a CSV without ``image``/``label`` columns or without rows
-            of ``split``, a listed image that does not exist, a label name not among the classes or an index out
-            of range, an unreadable image header, or images of different channel counts.
+            outside the train split's classes (or ``class_names``), no images, a CSV without ``image``/``label``
+            columns or without rows of ``split``, a listed image that does not exist, a label name not among the
+            classes or an index out of range, an unreadable image header, or images of different channel counts.
+        ValueError: ``class_names`` empty or repeated.
 
     Example:
         >>> import tempfile
