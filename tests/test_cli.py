@@ -104,6 +104,9 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "models" / "demo_mammo_gt" / "configs" / "metadata.json").is_file()
     assert set(gt["target_ap50"]) == {"source", "adapted"} and "Grounded Teacher" in out
     assert (tmp_path / "demo" / "mammo_out" / "medkd_report.csv").is_file()
+    kd = summary["distill"]  # the distillation step: the BCP run teaches a fresh student, exported as a bundle
+    assert (tmp_path / "models" / "demo_acdc_distilled" / "configs" / "metadata.json").is_file()
+    assert 0.0 <= kd["student_dice"] <= 1.0 and kd["teacher_params"] > 0 and "Distillation" in out
 
 
 @pytest.mark.parametrize(

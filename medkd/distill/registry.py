@@ -4,7 +4,8 @@
 One registry, :data:`PLUGINS`, keyed by plugin name; each entry's metadata records its :class:`PluginKind`, the
 module that registered it and the distribution that module comes from. Plugins of other packages register
 through the ``medkd.plugins`` entry-point group (:mod:`medkd.plugins`): the first listing or unknown lookup loads
-them. Keys are unique: registering a taken key raises, so a plugin cannot silently replace a built-in.
+them; medkd's own plugins register when ``medkd.distill`` is imported (its ``__init__`` runs before any of its
+submodules). Keys are unique: registering a taken key raises, so a plugin cannot silently replace a built-in.
 
 Example:
     >>> from torch import nn
@@ -157,7 +158,6 @@ def get_plugin(key: str, kind: str | PluginKind | None = None) -> Any:
     Raises:
         KeyError: unknown key (close matches listed), or a plugin of another kind than ``kind``.
     """
-    _load_builtins()
     obj = PLUGINS.get(key)
     if kind is not None:
         wanted = resolve_option(PluginKind, kind, "plugin kind", "Kinds")
@@ -174,7 +174,6 @@ def plugin_kind(key: str) -> PluginKind:
     Raises:
         KeyError: unknown key.
     """
-    _load_builtins()
     return PluginKind(PLUGINS.meta(key)["kind"])
 
 
@@ -191,7 +190,6 @@ def list_plugins(pattern: str = "*", kind: str | PluginKind | None = None) -> li
     Raises:
         ValueError: unknown ``kind``.
     """
-    _load_builtins()
     wanted = None if kind is None else resolve_option(PluginKind, kind, "plugin kind", "Kinds")
     rows = []
     for key in PLUGINS.list(pattern):
@@ -205,9 +203,6 @@ def list_plugins(pattern: str = "*", kind: str | PluginKind | None = None) -> li
     return sorted(rows, key=lambda r: (order.index(r.kind), r.key))
 
 
-def _load_builtins() -> None:
-    """Import medkd's own plugins (their modules register on import)."""
-    import medkd.distill.losses  # noqa: F401
 
 
 def _unregister(key: str) -> None:

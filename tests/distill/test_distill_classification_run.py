@@ -34,8 +34,10 @@ def _run(data: Path, out: Path, *sets: str) -> int:
 
 @pytest.fixture(scope="module")
 def run(lesions: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medkd import api  # not medkd.cli.main: its library log levels would outlive this module-scoped fixture
+
     out = tmp_path_factory.mktemp("runs") / "kd"
-    assert _run(lesions, out) == 0
+    api.distill_run(PRESET, lesions, out, overrides=FAST, progress=False)
     return out
 
 

@@ -27,9 +27,10 @@ def acdc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(acdc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medkd import api  # not medkd.cli.main: its library log levels would outlive this module-scoped fixture
+
     out = tmp_path_factory.mktemp("runs") / "bpkd"
-    assert main(["-q", "distill", "run", "--config", str(PRESET), "--data-root", str(acdc), "--out", str(out),
-                 "--set", *FAST]) == 0
+    api.distill_run(PRESET, acdc, out, overrides=FAST, progress=False)
     return out
 
 
