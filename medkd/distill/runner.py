@@ -41,7 +41,7 @@ from medkd.distill.cache import TeacherCache, teacher_fingerprint
 from medkd.distill.config import DistillConfig
 from medkd.distill.data import ClassificationData, SegmentationData, build_data
 from medkd.distill.registry import PLUGINS
-from medkd.distill.students import ClassifierInfo, load_classifier, write_student_run
+from medkd.distill.students import ClassifierInfo, write_student_run
 from medkd.distill.task import DistillTask
 from medkd.distill.teachers import LoadedTeacher, load_teacher
 from medkd.distill.terms import TermSpec, WeightedTerms
@@ -269,13 +269,3 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
     logger.info("distilled student written to %s", out)
     return summary
 
-
-def load_student(run: str | Path, which: str = "best", device: str | torch.device = "cpu") -> nn.Module:
-    """The student network of a distill run (either task), eval mode."""
-    from medkd.runs import read_run_info
-
-    if read_run_info(run).get("format") == "classifier":
-        return load_classifier(run, which, device)[1]
-    from medkd.methods.bcp.predict import load_run
-
-    return load_run(run, which, device)[1]

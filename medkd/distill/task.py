@@ -155,9 +155,6 @@ class DistillTask(TrainTask):
     def validate(self) -> dict[str, float]:
         return self.data.validate(self.student, self.device)
 
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
     def close(self) -> None:
         """Remove the feature hooks."""
         self.student_tap.remove()

@@ -41,6 +41,7 @@ def test_write_stored_values() -> None:
         pytest.skip("set MEDKD_WRITE_DISTILL_VALUES=1 to regenerate the stored values")
     table = {key: {str(seed): _values(key, seed) for seed in SEEDS} for key in _builtin_losses()}
     FIXTURE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    assert json.loads(FIXTURE.read_text()) == table
 
 
 @pytest.mark.parametrize("key", _builtin_losses())
