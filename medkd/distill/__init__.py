@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from medkd.distill import losses as _builtin_losses  # registers medkd's loss plugins
+from medkd.distill import utilities as _builtin_utilities  # registers medkd's utilities
 from medkd.distill.base import DistillLoss, Requires, RequirementError, create_loss, loss_parameters
 from medkd.distill.registry import (
     PLUGINS,
