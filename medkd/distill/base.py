@@ -93,8 +93,8 @@ class DistillLoss(nn.Module):
         self, student: Mapping[str, Any], teacher: Mapping[str, Any], batch: Mapping[str, Any],
         ctx: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
-        """Named scalar loss terms; their sum is the loss."""
-        raise NotImplementedError
+        """Named scalar loss terms; their sum is the loss (every plugin overrides this)."""
+        raise TypeError(f"{type(self).__name__} must override forward(student, teacher, batch, ctx=None)")
 
     @classmethod
     def example_inputs(cls, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -31,7 +31,9 @@ from torch import nn
 from medkd.distill.config import DistillConfig, Layout
 from medkd.errors import DataError
 
-__all__ = ["ClassificationData", "SegmentationData", "TaskData", "build_data", "classification_metrics"]
+__all__ = [
+    "ClassificationData", "SegmentationData", "TaskData", "build_data", "classification_metrics", "example_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +226,15 @@ class SegmentationData:
         from medkd.methods.bcp.evaluate import evaluate_cases
 
         return evaluate_cases(model, eval_cases(self.seg, self.root, split), self.seg, device)
+
+
+def example_batch(data: TaskData) -> dict[str, Any]:
+    """The first training batch (seed 0) of ``data``, read once and kept: dry runs, shape checks, latency."""
+    cached = getattr(data, "_example_batch", None)
+    if cached is None:
+        cached = next(iter(data.batches(0)))
+        data._example_batch = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def build_data(cfg: DistillConfig, root: str | Path) -> ClassificationData | SegmentationData:

@@ -22,9 +22,11 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ __all__ = [
     "PluginInfo",
     "PluginKind",
     "get_plugin",
+    "import_plugin_modules",
     "list_plugins",
     "plugin_kind",
     "register_loss",
@@ -203,6 +206,15 @@ def list_plugins(pattern: str = "*", kind: str | PluginKind | None = None) -> li
     return sorted(rows, key=lambda r: (order.index(r.kind), r.key))
 
 
+
+
+def import_plugin_modules(package: str, path: Sequence[str]) -> list[str]:
+    """Import every module of a plugin folder (``medkd/distill/losses/``, ...), which registers them; returns
+    their names, sorted (the package's ``__all__``)."""
+    names = sorted(m.name for m in pkgutil.iter_modules(path))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
 def _unregister(key: str) -> None:

@@ -39,7 +39,7 @@ from torch import nn
 from medkd.config import config_to_dict
 from medkd.distill.cache import TeacherCache, teacher_fingerprint
 from medkd.distill.config import DistillConfig
-from medkd.distill.data import ClassificationData, SegmentationData, build_data
+from medkd.distill.data import ClassificationData, SegmentationData, build_data, example_batch
 from medkd.distill.registry import PLUGINS
 from medkd.distill.students import ClassifierInfo, write_student_run
 from medkd.distill.task import DistillTask
@@ -111,7 +111,7 @@ def _check_outputs(task: DistillTask, teacher: LoadedTeacher | None) -> None:
     """Teacher and student logits must have the same layout (dense dims may differ in size only)."""
     if teacher is None:
         return
-    batch = next(iter(task.data.batches(0)))
+    batch = example_batch(task.data)
     images = batch["image"][:1].to(task.device)
     with torch.no_grad():
         was = task.student.training
@@ -203,7 +203,7 @@ def _summarise(cfg: DistillConfig, data: Any, task: DistillTask, result: Any, ou
             if cfg.eval.test:
                 entry["test"] = data.evaluate(net, cfg.data.test_split, device)
         summary[which] = entry
-    example = next(iter(data.batches(0)))["image"][:1].to(device)
+    example = example_batch(data)["image"][:1].to(device)
     summary["latency_ms"] = round(_latency_ms(net, example), 3)
     return summary
 
@@ -255,7 +255,7 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
         teacher = load_teacher(teacher_run, device)
     if teacher is not None:
         _check_teacher(teacher, cfg, data)
-        example = next(iter(data.batches(0)))["image"][:1].to(device)
+        example = example_batch(data)["image"][:1].to(device)
         summary["teacher"] = {"source": str(teacher.source), "net": teacher.net,
                               "params": count_parameters(teacher.network),
                               "latency_ms": round(_latency_ms(teacher.network, example), 3)}

@@ -23,7 +23,7 @@ from torch import nn
 
 from medkd.distill.cache import TeacherCache
 from medkd.distill.config import OptimConfig, Optimizer, Schedule
-from medkd.distill.data import ClassificationData, TaskData
+from medkd.distill.data import ClassificationData, TaskData, example_batch
 from medkd.distill.hooks import FeatureTap
 from medkd.distill.terms import WeightedTerms
 from medkd.engine.task import TrainTask
@@ -94,7 +94,7 @@ class DistillTask(TrainTask):
 
     def _dry_run(self) -> None:
         """One forward without gradients: builds the plugins' lazy modules before the optimiser sees them."""
-        batch = next(iter(self.data.batches(self.seed)))
+        batch = example_batch(self.data)
         with torch.no_grad():
             self._loss(batch, 1)
 

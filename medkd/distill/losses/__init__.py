@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from medkd.distill.registry import import_plugin_modules
 
-__all__: list[str] = []
-
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_module}")
-    __all__.append(_module)
+__all__ = import_plugin_modules(__name__, __path__)
