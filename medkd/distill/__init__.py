@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from medkd.distill import losses as _builtin_losses  # registers medkd's loss plugins
+from medkd.distill import strategies as _builtin_strategies  # registers medkd's strategies
 from medkd.distill import utilities as _builtin_utilities  # registers medkd's utilities
 from medkd.distill.base import DistillLoss, Requires, RequirementError, create_loss, loss_parameters
 from medkd.distill.registry import (
@@ -34,9 +35,12 @@ from medkd.distill.registry import (
     register_strategy,
     register_utility,
 )
+from medkd.distill.strategy import Strategy, StrategyContext, create_strategy
+from medkd.distill.tools import ToolContext, Utility, create_utility, run_utility
 
 __all__ = [
     "PLUGINS", "DistillLoss", "PluginInfo", "PluginKind", "RequirementError", "Requires", "create_loss",
     "get_plugin", "list_plugins", "loss_parameters", "plugin_kind", "register_loss", "register_strategy",
-    "register_utility",
+    "register_utility", "Strategy", "StrategyContext", "ToolContext", "Utility", "create_strategy", "create_utility",
+    "run_utility",
 ]

@@ -19,9 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,9 +102,57 @@ class ClassificationData:
             raise DataError(self.root, f"the {data.train_split} split has no images")
         self.batch_keys = {"image", "label", "case"}
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+        self._metadata: dict[str, list[dict[str, str]]] = {}
+        self._parent: ClassificationData | None = None
+        self._keep: tuple[frozenset[int] | None, dict[str, str]] = (None, {})
+
+    def subset(self, *, classes: Sequence[int] | None = None,
+               metadata: Mapping[str, Any] | None = None) -> ClassificationData:
+        """A view of the same data restricted, in every split, to ``classes`` (label indices, which keep their
+        meaning) and to the images whose metadata matches every ``metadata`` key (CSV columns such as
+        ``modality``, ``site``; values compared as text).
+
+        Raises:
+            DataError: the training split keeps no image, or an image lacks a ``metadata`` key.
+
+        Example:
+            >>> # data.subset(classes=[0, 1]) trains on the first two classes; data.subset(metadata={"site": "A"})
+        """
+        view = copy.copy(self)
+        view._parent = self
+        view._keep = (frozenset(int(c) for c in classes) if classes is not None else None,
+                      {str(k): str(v) for k, v in (metadata or {}).items()})
+        view._tensors, view._metadata = {}, {}
+        view.__dict__.pop("_example_batch", None)
+        view.train_size = len(view.tensors(self.cfg.data.train_split)[1])
+        if view.train_size == 0:
+            raise DataError(self.root, f"no {self.cfg.data.train_split} image has classes {sorted(view._keep[0] or [])}"
+                                       f" and metadata {view._keep[1]}")
+        return view
+
+    def metadata(self, split: str) -> list[dict[str, str]]:
+        """The CSV metadata of each image of a split (empty dicts for class folders), in :meth:`tensors` order."""
+        self.tensors(split)
+        return self._metadata[split]
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Images ``(N, C, *size)``, labels ``(N,)`` and case ids of a split (read once)."""
+        if split not in self._tensors and self._parent is not None:
+            images, labels, cases = self._parent.tensors(split)
+            meta = self._parent.metadata(split)
+            classes, where = self._keep
+            keep = torch.ones(len(labels), dtype=torch.bool)
+            if classes is not None:
+                keep &= torch.isin(labels, torch.tensor(sorted(classes), dtype=labels.dtype))
+            for key, value in where.items():
+                missing = [cases[i] for i, m in enumerate(meta) if key not in m]
+                if missing:
+                    raise DataError(self.root, f"split {split!r}: case {missing[0]} has no metadata {key!r} (use a "
+                                               "CSV datalist with that column)")
+                keep &= torch.tensor([m[key] == value for m in meta], dtype=torch.bool)
+            idx = keep.nonzero().flatten()
+            self._tensors[split] = (images[idx], labels[idx], [cases[i] for i in idx.tolist()])
+            self._metadata[split] = [meta[i] for i in idx.tolist()]
         if split not in self._tensors:
             from medkd.data.classification import ClassificationDataset
 
@@ -124,6 +173,7 @@ class ClassificationData:
                                            f"{self.cfg.data.in_channels}")
             labels = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
             self._tensors[split] = (images, labels, [str(it["case"]) for it in items])
+            self._metadata[split] = [dict(item.metadata) for item in part.items]
         return self._tensors[split]
 
     def batches(self, seed: int) -> Iterator[dict[str, Any]]:

@@ -41,6 +41,7 @@ from medkd.distill.cache import TeacherCache, teacher_fingerprint
 from medkd.distill.config import DistillConfig
 from medkd.distill.data import ClassificationData, SegmentationData, build_data, example_batch
 from medkd.distill.registry import PLUGINS
+from medkd.distill.strategy import Strategy, StrategyContext, create_strategy
 from medkd.distill.students import ClassifierInfo, write_student_run
 from medkd.distill.task import DistillTask
 from medkd.distill.teachers import LoadedTeacher, load_teacher
@@ -53,7 +54,7 @@ from medkd.inference import resolve_device
 from medkd.io.atomic import write_text_atomic
 from medkd.nets import count_parameters
 
-__all__ = ["run_experiment", "supervised_terms", "build_network"]
+__all__ = ["run_experiment", "supervised_terms", "build_network", "train_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +85,17 @@ def build_network(cfg: DistillConfig, data: ClassificationData | SegmentationDat
         raise ConfigError(f"net {net!r}: {err}") from None
 
 
-def _plugin_versions(terms: tuple[TermSpec, ...]) -> dict[str, dict[str, str]]:
+def _plugin_versions(terms: tuple[TermSpec, ...], strategy: str = "") -> dict[str, dict[str, str]]:
     import importlib.metadata
 
     out = {}
-    for term in terms:
-        meta = PLUGINS.meta(term.plugin)
+    for key in [t.plugin for t in terms] + ([strategy] if strategy else []):
+        meta = PLUGINS.meta(key)
         try:
             version = importlib.metadata.version(meta["distribution"])
         except Exception:  # noqa: BLE001 - an uninstalled source tree has no version
             version = "unknown"
-        out[term.plugin] = {"module": meta["module"], "distribution": meta["distribution"], "version": version}
+        out[key] = {"module": meta["module"], "distribution": meta["distribution"], "version": version}
     return out
 
 
@@ -107,9 +108,9 @@ def _check_teacher(teacher: LoadedTeacher, cfg: DistillConfig, data: Any) -> Non
                                         f"{data.num_classes} ({', '.join(data.class_names)})")
 
 
-def _check_outputs(task: DistillTask, teacher: LoadedTeacher | None) -> None:
+def _check_outputs(task: DistillTask) -> None:
     """Teacher and student logits must have the same layout (dense dims may differ in size only)."""
-    if teacher is None:
+    if task.frozen is None:
         return
     batch = example_batch(task.data)
     images = batch["image"][:1].to(task.device)
@@ -122,8 +123,9 @@ def _check_outputs(task: DistillTask, teacher: LoadedTeacher | None) -> None:
     task.student_tap.pop()
     task.teacher_tap.pop()
     if s.ndim != t.ndim or s.shape[1] != t.shape[1]:
-        raise DataError(teacher.source, f"teacher output {tuple(t.shape)} does not match the student's "
-                                        f"{tuple(s.shape)} on the same input")
+        raise DataError(getattr(task.frozen.module, "medkd_source", "the teacher"),
+                        f"teacher output {tuple(t.shape)} does not match the student's {tuple(s.shape)} on the "
+                        "same input")
 
 
 def _latency_ms(net: nn.Module, example: torch.Tensor, repeats: int = 10) -> float:
@@ -139,27 +141,34 @@ def _latency_ms(net: nn.Module, example: torch.Tensor, repeats: int = 10) -> flo
     return 1000.0 * sorted(times)[len(times) // 2]
 
 
-def _train(cfg: DistillConfig, data: Any, *, net: str, net_params: dict[str, Any], terms: tuple[TermSpec, ...],
-           teacher: LoadedTeacher | None, out: Path, iterations: int, resume: bool, progress: bool,
-           device: torch.device, role: str) -> dict[str, Any]:
-    """Train one network into ``out`` (a run folder, stage ``student``) and summarise it."""
+def train_network(cfg: DistillConfig, data: Any, *, net: str, net_params: dict[str, Any],
+                  terms: tuple[TermSpec, ...], teacher: nn.Module | None, out: Path, iterations: int, resume: bool,
+                  progress: bool, device: torch.device, role: str, student: nn.Module | None = None,
+                  hooks: Strategy | None = None) -> dict[str, Any]:
+    """Train one network into ``out`` (a run folder, stage ``student``) and summarise it.
+
+    ``student``: an already built network of architecture ``net`` to start from (default a fresh one);
+    ``hooks``: a strategy whose loop hooks run inside the training.
+    """
     seed_everything(cfg.experiment.seed)
-    student, info = build_network(cfg, data, net, net_params)
+    fresh, info = build_network(cfg, data, net, net_params)
+    student = fresh if student is None else student
     weighted = WeightedTerms(terms)
     s_taps = cfg.student.taps if role == "student" else ()
     t_taps = cfg.teacher.taps if teacher is not None else ()
     weighted.check({"logits", *(f"feat:{t}" for t in s_taps)},
                    {"logits", *(f"feat:{t}" for t in t_taps)} if teacher is not None else set(), data.batch_keys)
     cache = None
-    if teacher is not None and cfg.teacher.cache and isinstance(data, ClassificationData):
+    if teacher is not None and cfg.teacher.cache and isinstance(data, ClassificationData) and hooks is None:
         cache = TeacherCache(Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else out / "teacher_cache",
-                             teacher_fingerprint(teacher.network))
+                             teacher_fingerprint(teacher))
     optim = replace(cfg.optim, iterations=iterations)
-    task = DistillTask(student=student, teacher=teacher.network if teacher is not None else None, terms=weighted,
+    task = DistillTask(student=student, teacher=teacher, terms=weighted,
                        data=data, optim=optim, device=device, seed=cfg.experiment.seed, student_taps=s_taps,
-                       teacher_taps=t_taps, cache=cache, iterations_per_epoch=cfg.optim.iterations_per_epoch)
+                       teacher_taps=t_taps, cache=cache, iterations_per_epoch=cfg.optim.iterations_per_epoch,
+                       hooks=hooks)
     try:
-        _check_outputs(task, teacher)
+        _check_outputs(task)
         seg = replace(data.seg, net=net, pretrain_iterations=iterations) if isinstance(data, SegmentationData) else None
         write_student_run(out, task=cfg.task, info=info, seg=seg, role=role)
         engine_cfg = EngineConfig(max_iterations=iterations, val_interval=min(cfg.eval.val_interval, iterations),
@@ -182,7 +191,8 @@ def _summarise(cfg: DistillConfig, data: Any, task: DistillTask, result: Any, ou
     epochs = iterations / task.iterations_per_epoch
     summary: dict[str, Any] = {
         "params": count_parameters(task.student),
-        "extra_params": task.terms.extra_params,
+        "extra_params": task.terms.extra_params + sum(
+            p.numel() for m in task._strategy_list() for p in m.parameters()),
         "iterations": iterations,
         "iterations_per_epoch": task.iterations_per_epoch,
         "seconds": round(result.seconds, 3),
@@ -229,12 +239,18 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
     out, data_root = Path(out), Path(data_root)
     device = resolve_device(cfg.experiment.device, mps=False)
     WeightedTerms(cfg.distill.terms)  # unknown plugins or parameters fail before any data is read
+    strategy = None
     if cfg.distill.strategy:
-        raise ConfigError(f"distill.strategy {cfg.distill.strategy!r}: strategy plugins are not available yet; "
-                          "leave it empty")
+        strategy = create_strategy(cfg.distill.strategy, **cfg.distill.strategy_params)
+        if cfg.task not in strategy.tasks:
+            raise ConfigError(f"strategy {cfg.distill.strategy!r} supports {', '.join(sorted(strategy.tasks))} "
+                              f"experiments, this one is {cfg.task}")
+        if strategy.requires_teacher and not (cfg.teacher.checkpoint or cfg.teacher.net):
+            raise ConfigError(f"strategy {cfg.distill.strategy!r} needs a teacher: set teacher.checkpoint or "
+                              "teacher.net")
     data = build_data(cfg, data_root)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {**config_to_dict(cfg), "plugins": _plugin_versions(cfg.distill.terms)}
+    resolved = {**config_to_dict(cfg), "plugins": _plugin_versions(cfg.distill.terms, cfg.distill.strategy)}
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(resolved, sort_keys=False))
     teacher: LoadedTeacher | None = None
     summary: dict[str, Any] = {"experiment": cfg.experiment.name, "task": cfg.task, "seed": cfg.experiment.seed,
@@ -248,7 +264,7 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
         if cfg.teacher.train_split and cfg.teacher.train_split != cfg.data.train_split:
             teacher_data = build_data(replace(cfg, data=replace(cfg.data, train_split=cfg.teacher.train_split)),
                                       data_root)
-        summary["teacher_training"] = _train(
+        summary["teacher_training"] = train_network(
             cfg, teacher_data, net=cfg.teacher.net, net_params=cfg.teacher.net_params, terms=supervised_terms(cfg.task),
             teacher=None, out=teacher_run, iterations=cfg.teacher.iterations or cfg.optim.iterations,
             resume=resume, progress=progress, device=device, role="teacher")
@@ -262,9 +278,17 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
         if cfg.eval.test and cfg.eval.teacher:
             with torch.inference_mode():
                 summary["teacher"]["test"] = data.evaluate(teacher.network, cfg.data.test_split, device)
-    summary["student"] = _train(
-        cfg, data, net=cfg.student.net, net_params=cfg.student.net_params, terms=cfg.distill.terms, teacher=teacher,
-        out=out, iterations=cfg.optim.iterations, resume=resume, progress=progress, device=device, role="student")
+    if strategy is None:
+        summary["student"] = train_network(
+            cfg, data, net=cfg.student.net, net_params=cfg.student.net_params, terms=cfg.distill.terms,
+            teacher=teacher.network if teacher is not None else None, out=out, iterations=cfg.optim.iterations,
+            resume=resume, progress=progress, device=device, role="student")
+    else:
+        ctx = StrategyContext(cfg=cfg, data=data, data_root=data_root, out=out, device=device, teacher=teacher,
+                              trainer=train_network, resume=resume, progress=progress)
+        summary["student"] = strategy.run(ctx)
+        summary["strategy"] = {"name": cfg.distill.strategy, "params": cfg.distill.strategy_params,
+                               **strategy.summary()}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     logger.info("distilled student written to %s", out)
     return summary

@@ -7,6 +7,11 @@ teacher-output cache when one is given), the weighted terms (:class:`~medkd.dist
 train with the student (the engine's trainable module ``distill``, saved in checkpoints, never exported). Plugins
 with a bilevel ``meta_step`` (TGeo-KD) get one after each optimiser step, on a validation batch.
 
+A strategy plugin (``hooks``, :class:`~medkd.distill.strategy.Strategy`) gets its loop hooks: ``setup`` before the
+optimiser is built, ``pre_epoch``/``post_epoch`` at epoch boundaries, ``train_step`` for every step's loss (the
+default is :meth:`DistillTask.step_loss`), ``teardown`` at the end; its ``modules()`` train with the student (the
+engine's trainable module ``strategy``).
+
 With no teacher (``teacher=None``) the same task trains a network from scratch on its supervised terms (``ce``,
 ``dice``): the scratch baseline and a teacher trained first.
 """
@@ -16,12 +21,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from medkd.distill.cache import TeacherCache
+from medkd.distill.strategy import Strategy
 from medkd.distill.config import OptimConfig, Optimizer, Schedule
 from medkd.distill.data import ClassificationData, TaskData, example_batch
 from medkd.distill.hooks import FeatureTap
@@ -29,7 +36,7 @@ from medkd.distill.terms import WeightedTerms
 from medkd.engine.task import TrainTask
 from medkd.engine.teachers import FrozenTeacher
 
-__all__ = ["DistillTask", "build_optimizer", "schedule_lr"]
+__all__ = ["DistillTask", "StepOutputs", "build_optimizer", "schedule_lr"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,16 @@ def build_optimizer(optim: OptimConfig, modules: list[nn.Module]) -> torch.optim
     return cls(params, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+@dataclass
+class StepOutputs:
+    """The last step's student outputs, teacher outputs (empty without a teacher), batch and ctx."""
+
+    student: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor]
+    batch: dict[str, Any]
+    ctx: dict[str, Any]
+
+
 class DistillTask(TrainTask):
     """Train ``student`` on ``terms`` with an optional frozen ``teacher``.
 
@@ -68,12 +85,13 @@ class DistillTask(TrainTask):
         optim: optimiser settings. device: where to train. seed: batch-order seed.
         student_taps / teacher_taps: modules to tap. cache: the teacher-output cache (classification, no
             augmentation) or None. iterations_per_epoch: for ``ctx["epoch"]`` (0: one pass over the data).
+        hooks: a strategy whose loop hooks run, or None.
     """
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module | None, terms: WeightedTerms, data: TaskData,
                  optim: OptimConfig, device: torch.device, seed: int = 0, student_taps: tuple[str, ...] = (),
                  teacher_taps: tuple[str, ...] = (), cache: TeacherCache | None = None,
-                 iterations_per_epoch: int = 0) -> None:
+                 iterations_per_epoch: int = 0, hooks: Strategy | None = None) -> None:
         self.student = student.to(device)
         self.frozen = FrozenTeacher(teacher.to(device)) if teacher is not None else None
         self.teacher = self.frozen
@@ -86,9 +104,15 @@ class DistillTask(TrainTask):
         self.iterations_per_epoch = iterations_per_epoch or max(1, data.train_size // _batch_size(data))
         self._meta = [loss for loss in terms.losses.values() if hasattr(loss, "meta_step")]
         self._val_batches: Iterator[dict[str, Any]] | None = None
-        self._last: tuple[dict[str, Any], torch.Tensor | None] | None = None
+        self.last: StepOutputs | None = None
+        self.hooks = hooks if hooks is not None else Strategy()
+        self._epoch: int | None = None
         self._dry_run()
-        self.optimizer = build_optimizer(optim, [self.student, self.terms])
+        self.hooks.setup(self)
+        self.strategy_modules = self.hooks.modules()
+        if self.strategy_modules is not None:
+            self.strategy_modules.to(device)
+        self.optimizer = build_optimizer(optim, [self.student, self.terms, *self._strategy_list()])
 
     # ---------------------------------------------------------------------------------------------- forward
 
@@ -96,7 +120,11 @@ class DistillTask(TrainTask):
         """One forward without gradients: builds the plugins' lazy modules before the optimiser sees them."""
         batch = example_batch(self.data)
         with torch.no_grad():
-            self._loss(batch, 1)
+            self.step_loss(batch, 1)
+        self.last = None
+
+    def _strategy_list(self) -> list[nn.Module]:
+        return [self.strategy_modules] if self.strategy_modules is not None else []
 
     def teacher_outputs(self, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The teacher's logits and taps (from the cache when every case of the batch is in it)."""
@@ -114,14 +142,20 @@ class DistillTask(TrainTask):
                 self.cache.put(case, 0, {k: v[i] for k, v in out.items()})
         return out
 
-    def _loss(self, batch: dict[str, Any], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def epoch_of(self, iteration: int) -> int:
+        """The 0-based epoch of a 1-based iteration."""
+        return (iteration - 1) // self.iterations_per_epoch
+
+    def step_loss(self, batch: dict[str, Any], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The experiment's weighted terms on one batch (student forward, teacher forward or cache); the outputs
+        are kept in :attr:`last` for strategies adding their own terms."""
         images = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
         student = {"logits": self.student(images), **self.student_tap.pop()}
         teacher = self.teacher_outputs(images, batch) if self.frozen is not None else {}
         inputs = {**batch, "image": images, "label": label}
         ctx = {"epoch": (iteration - 1) / self.iterations_per_epoch, "step": iteration}
-        self._last = (inputs, teacher.get("logits"))
+        self.last = StepOutputs(student, teacher, inputs, ctx)
         return self.terms(student, teacher, inputs, ctx)
 
     # ---------------------------------------------------------------------------------------------- engine hooks
@@ -130,25 +164,33 @@ class DistillTask(TrainTask):
         modules: dict[str, nn.Module] = {"student": self.student}
         if self.terms.state_dict():  # branches, projectors, prototypes, a bilevel MLP: saved and restored on resume
             modules["distill"] = self.terms
+        if self.strategy_modules is not None and self.strategy_modules.state_dict():
+            modules["strategy"] = self.strategy_modules
         return modules
 
     def batches(self, start_iteration: int) -> Iterator[Any]:
         return self.data.batches(self.seed + start_iteration)
 
     def compute_loss(self, batch: Any, iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return self._loss(batch, iteration)
+        epoch = self.epoch_of(iteration)
+        if epoch != self._epoch:
+            if self._epoch is not None:
+                self.hooks.post_epoch(self, self._epoch)
+            self.hooks.pre_epoch(self, epoch)
+            self._epoch = epoch
+        return self.hooks.train_step(self, batch, iteration)
 
     def learning_rate(self, iteration: int) -> float:
         return schedule_lr(self.optim, iteration)
 
     def after_step(self, iteration: int) -> None:
-        if not self._meta or self._last is None or not isinstance(self.data, ClassificationData):
+        if not self._meta or self.last is None or not isinstance(self.data, ClassificationData):
             return
         if self._val_batches is None:
             self._val_batches = _val_batches(self.data, self.seed)
         val = next(self._val_batches)
         val = {"image": val["image"].to(self.device), "label": val["label"].to(self.device)}
-        inputs, teacher_logits = self._last
+        inputs, teacher_logits = self.last.batch, self.last.teacher.get("logits")
         for loss in self._meta:
             loss.meta_step(self.student, inputs, teacher_logits, val, schedule_lr(self.optim, iteration))
 
@@ -156,7 +198,13 @@ class DistillTask(TrainTask):
         return self.data.validate(self.student, self.device)
 
     def close(self) -> None:
-        """Remove the feature hooks."""
+        """End the strategy's last epoch and remove the feature hooks."""
+        try:
+            if self._epoch is not None:
+                self.hooks.post_epoch(self, self._epoch)
+                self._epoch = None
+        finally:
+            self.hooks.teardown(self)
         self.student_tap.remove()
         if self.teacher_tap is not None:
             self.teacher_tap.remove()

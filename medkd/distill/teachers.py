@@ -49,6 +49,9 @@ class LoadedTeacher:
     net: str
     spatial_dims: int | None = None
 
+    def __post_init__(self) -> None:
+        self.network.medkd_source = str(self.source)  # named by errors about its outputs
+
 
 def _from_run(path: Path, device: torch.device) -> LoadedTeacher:
     info = read_run_info(path)

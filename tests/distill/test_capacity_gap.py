@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from medkd.distill import get_plugin, list_plugins
-from medkd.distill.utilities.capacity_gap import choose_teacher
+from medkd.distill.utilities.capacity_gap import CapacityGap, choose_teacher
 
 
 @pytest.mark.parametrize(("student", "candidates", "ratio", "expected"), [
@@ -38,5 +38,5 @@ def test_bad_input(student: int, candidates: dict, match: str) -> None:
 
 
 def test_registered_as_a_utility() -> None:
-    assert get_plugin("capacity_gap", kind="utility") is choose_teacher
+    assert get_plugin("capacity_gap", kind="utility") is CapacityGap
     assert "capacity_gap" in [p.key for p in list_plugins(kind="utility")]

@@ -20,9 +20,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medkd.distill.registry import register_utility
+from typing import Any
 
-__all__ = ["TeacherChoice", "choose_teacher", "DEFAULT_RATIO"]
+from medkd.distill.registry import register_utility
+from medkd.distill.tools import ToolContext, Utility
+
+__all__ = ["CapacityGap", "TeacherChoice", "choose_teacher", "DEFAULT_RATIO"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ class TeacherChoice:
     ratios: dict[str, float]
 
 
-@register_utility("capacity_gap")
 def choose_teacher(student_params: int, candidates: Mapping[str, int], *,
                    ratio: float = DEFAULT_RATIO) -> TeacherChoice:
     """Choose the teacher nearest to ``ratio`` times the student's size, in log-ratio (ties: the smaller teacher).
@@ -67,3 +69,34 @@ def choose_teacher(student_params: int, candidates: Mapping[str, int], *,
     for cand, r in sorted(ratios.items(), key=lambda kv: kv[1]):
         logger.info("capacity gap: %s is %.2fx the student%s", cand, r, " (chosen)" if cand == name else "")
     return TeacherChoice(name, int(candidates[name]), ratios[name], ratios)
+
+
+@register_utility("capacity_gap")
+class CapacityGap(Utility):
+    """Capacity-gap teacher choice: the candidate teacher nearest to 2.5x the student's parameters (MiniMA).
+
+    ``medkd distill tool capacity_gap --config EXP.yaml --data-root DIR --out OUT --param
+    candidates=[kd_cnn_wide, monai_resnet10, monai_resnet18]``: builds the experiment's student and each
+    candidate network (registered names, for the experiment's data) and counts their parameters.
+
+    Args:
+        candidates: registered network names of the candidate teachers.
+        ratio: the target teacher/student parameter ratio.
+    """
+
+    command = "tool"
+
+    def __init__(self, candidates: list[str] | tuple[str, ...] = (), ratio: float = DEFAULT_RATIO) -> None:
+        if not candidates:
+            raise ValueError("give the candidate teachers, e.g. --param candidates=[kd_cnn_wide, monai_resnet18]")
+        self.candidates, self.ratio = tuple(candidates), float(ratio)
+
+    def run(self, ctx: ToolContext) -> dict[str, Any]:
+        from medkd.nets import count_parameters
+
+        student = count_parameters(ctx.build_student())
+        sizes = {name: count_parameters(ctx.build_student(name, {})) for name in self.candidates}
+        choice = choose_teacher(student, sizes, ratio=self.ratio)
+        return {"student": ctx.cfg.student.net, "student_params": student, "candidates": sizes,
+                "target_ratio": self.ratio, "chosen": choice.name, "chosen_params": choice.params,
+                "ratio": round(choice.ratio, 4), "ratios": {k: round(v, 4) for k, v in choice.ratios.items()}}
