@@ -16,7 +16,7 @@ from typing import Any
 __all__ = [
     "bcp_train", "bcp_eval", "bcp_predict", "gt_train", "gt_stage", "gt_eval", "gt_predict",
     "surgfutr_train", "surgfutr_eval", "surgfutr_predict", "surgfutr_stream", "distill_run", "distill_list",
-    "distill_list_modules", "distill_eval", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
+    "distill_list_modules", "distill_eval", "distill_tool", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
     "demo",
 ]
 
@@ -226,6 +226,23 @@ def distill_eval(
     from medkd.distill.evaluate import evaluate_run
 
     return evaluate_run(run, data_root, split=split, json=json, checkpoint=checkpoint, progress=progress)
+
+
+def distill_tool(
+    name: str, config: str | Path, data_root: str | Path, out: str | Path, *, overrides: Sequence[str] = (),
+    params: Sequence[str] | dict[str, Any] = (), command: str | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Run a distillation utility (``medkd distill search|tool NAME``); see :func:`medkd.distill.tools.run_utility`.
+
+    ``params``: a dict, or ``KEY=VALUE`` strings (values parsed as YAML).
+    """
+    from medkd.config import load_config
+    from medkd.distill.config import DistillConfig
+    from medkd.distill.tools import parse_params, run_utility
+
+    parsed = dict(params) if isinstance(params, dict) else parse_params(list(params))
+    return run_utility(name, load_config(DistillConfig, config, overrides), data_root, out, params=parsed,
+                       command=command, progress=progress)
 
 
 def pipeline_run(

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``medkd distill run|list|list-modules|eval``: knowledge distillation from one YAML experiment.
+"""``medkd distill run|list|list-modules|eval|search|tool``: knowledge distillation from one YAML experiment.
 
 The ``distill`` method's ``Method.cli`` (:mod:`medkd.methods.distilled`); each handler calls one :mod:`medkd.api`
 function.
@@ -46,6 +46,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
     ev.set_defaults(handler=_eval)
 
+    for command, text in (("search", "search a student architecture (diswot, n2n) before training"),
+                          ("tool", "run a teacher tool (capacity_gap, annotator, pvd, curriculum)")):
+        tool = dsub.add_parser(command, help=text)
+        tool.add_argument("name", help=f"utility key ('medkd distill list --kind utility')")
+        tool.add_argument("--config", required=True, help="experiment YAML (data, teacher, student sections)")
+        tool.add_argument("--data-root", required=True, help="dataset folder")
+        tool.add_argument("--out", required=True, help="output folder (results in OUT/<name>.json)")
+        tool.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                          help="override an experiment key, e.g. teacher.checkpoint=runs/t")
+        tool.add_argument("--param", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                          help="a parameter of the utility (YAML value), e.g. budget_params=300000")
+        tool.set_defaults(handler=_tool, command=command)
+
 
 def _run(args: argparse.Namespace) -> int:
     from medkd import api
@@ -69,10 +82,22 @@ def _list(args: argparse.Namespace) -> int:
                            "summary": r.summary} for r in rows], indent=1))
         return 0
     width = max((len(r.key) for r in rows), default=3)
-    print(f"{'key':<{width}}  {'kind':<8}  {'distribution':<12}  summary")
+    print(f"{'key':<{width}}  {'kind':<8}  {'distribution':<12}  summary   (search/tool: utilities, "
+          "'medkd distill search|tool KEY')")
     for r in rows:
-        print(f"{r.key:<{width}}  {r.kind.value:<8}  {r.distribution:<12}  {r.summary}")
+        print(f"{r.key:<{width}}  {_kind(r):<8}  {r.distribution:<12}  {r.summary}")
     return 0
+
+
+def _kind(row: object) -> str:
+    """``utility`` rows name their command: ``search`` or ``tool``."""
+    from medkd.distill import get_plugin
+
+    kind = row.kind.value  # type: ignore[attr-defined]
+    if kind == "utility":
+        command = getattr(get_plugin(row.key), "command", "")  # type: ignore[attr-defined]
+        return command or "function"
+    return kind
 
 
 def _list_modules(args: argparse.Namespace) -> int:
@@ -101,4 +126,16 @@ def _eval(args: argparse.Namespace) -> int:
               f"macro F1 {summary['macro_f1']:.4f}  (n={summary['n']}, split {args.split})")
     if args.json:
         print(f"metrics written to {args.json}")
+    return 0
+
+
+def _tool(args: argparse.Namespace) -> int:
+    from medkd import api
+
+    result = api.distill_tool(args.name, args.config, args.data_root, args.out, overrides=args.set,
+                              params=args.param, command=args.command, progress=not args.quiet)
+    shown = {k: v for k, v in result.items() if not isinstance(v, (list, dict)) or len(json.dumps(v)) < 200}
+    for key, value in shown.items():
+        print(f"{key}: {value}")
+    print(f"results written to {args.out}/{args.name}.json")
     return 0

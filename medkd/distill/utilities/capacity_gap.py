@@ -77,25 +77,35 @@ class CapacityGap(Utility):
 
     ``medkd distill tool capacity_gap --config EXP.yaml --data-root DIR --out OUT --param
     candidates=[kd_cnn_wide, monai_resnet10, monai_resnet18]``: builds the experiment's student and each
-    candidate network (registered names, for the experiment's data) and counts their parameters.
+    candidate network (for the experiment's data) and counts their parameters.
 
     Args:
-        candidates: registered network names of the candidate teachers.
+        candidates: the candidate teachers: registered network names, or ``{name, net, net_params}`` mappings
+            (``{name: wide32, net: kd_cnn_wide, net_params: {width: 32}}``).
         ratio: the target teacher/student parameter ratio.
     """
 
     command = "tool"
 
-    def __init__(self, candidates: list[str] | tuple[str, ...] = (), ratio: float = DEFAULT_RATIO) -> None:
+    def __init__(self, candidates: list[Any] | tuple[Any, ...] = (), ratio: float = DEFAULT_RATIO) -> None:
         if not candidates:
             raise ValueError("give the candidate teachers, e.g. --param candidates=[kd_cnn_wide, monai_resnet18]")
-        self.candidates, self.ratio = tuple(candidates), float(ratio)
+        self.candidates: dict[str, tuple[str, dict[str, Any]]] = {}
+        for cand in candidates:
+            if isinstance(cand, str):
+                self.candidates[cand] = (cand, {})
+            elif isinstance(cand, dict) and "net" in cand:
+                self.candidates[str(cand.get("name", cand["net"]))] = (cand["net"], dict(cand.get("net_params", {})))
+            else:
+                raise ValueError(f"candidate {cand!r}: expected a network name or {{name, net, net_params}}")
+        self.ratio = float(ratio)
 
     def run(self, ctx: ToolContext) -> dict[str, Any]:
         from medkd.nets import count_parameters
 
         student = count_parameters(ctx.build_student())
-        sizes = {name: count_parameters(ctx.build_student(name, {})) for name in self.candidates}
+        sizes = {name: count_parameters(ctx.build_student(net, params))
+                 for name, (net, params) in self.candidates.items()}
         choice = choose_teacher(student, sizes, ratio=self.ratio)
         return {"student": ctx.cfg.student.net, "student_params": student, "candidates": sizes,
                 "target_ratio": self.ratio, "chosen": choice.name, "chosen_params": choice.params,
