@@ -79,6 +79,11 @@ class DataConfig:
         batch_size: images per iteration. labeled: segmentation labelled patients/volumes (0: all).
         augment: random flips for classification (off: deterministic inputs, which the teacher cache needs).
         num_workers: DataLoader workers.
+        paired_column: a CSV column naming each case's paired second modality (``layout: csv``; empty: none).
+            When set, its images are read like the main ones (relative to the CSV's folder, same size and
+            channels) and every batch carries them as ``"paired"`` ``(B, C, H, W)`` (flipped with the image):
+            multi-modal teacher -> single-modality student methods (``mst_distill``). SynthLesion-2D writes it
+            with ``paired=True`` (column ``paired``).
     """
 
     layout: Layout = Layout.FOLDERS
@@ -93,6 +98,7 @@ class DataConfig:
     labeled: int = 0
     augment: bool = True
     num_workers: int = 0
+    paired_column: str = ""
 
     def __post_init__(self) -> None:
         for name, low in (("in_channels", 1), ("num_classes", 0), ("batch_size", 1), ("labeled", 0),
@@ -103,6 +109,9 @@ class DataConfig:
             raise ConfigError(f"data.image_size must hold positive sizes, got {list(self.image_size)}")
         if self.layout == Layout.CSV and not self.datalist:
             raise ConfigError("data.layout csv needs data.datalist (a CSV with columns image,label)")
+        if self.paired_column and self.layout != Layout.CSV:
+            raise ConfigError(f"data.paired_column ({self.paired_column!r}) needs data.layout: csv (a datalist with "
+                              f"that column); got layout {getattr(self.layout, 'value', self.layout)!r}")
         if self.layout.task == "segmentation" and self.num_classes < 2:
             raise ConfigError(f"data.num_classes must be >= 2 for segmentation ({self.layout.value}); "
                               f"got {self.num_classes}")

@@ -8,7 +8,9 @@
   student's BCP-format config, :func:`medkd.distill.students.segmentation_config`): foreground Dice for model
   selection; Dice, Jaccard, HD95 and ASD for evaluation.
 
-Batches are dicts ``{"image": (B, C, *spatial), "label": (B,) or (B, *spatial), "case": [ids]}``.
+Batches are dicts ``{"image": (B, C, *spatial), "label": (B,) or (B, *spatial), "case": [ids]}``; with
+``data.paired_column`` (CSV layout) classification batches also carry ``"paired"`` ``(B, C, *spatial)``, each case's
+paired second modality (:meth:`ClassificationData.paired`).
 
 Example:
     >>> import torch
@@ -91,6 +93,7 @@ class ClassificationData:
             datalist = Path(data.datalist or "")
             datalist = datalist if datalist.is_absolute() else self.root / datalist
         self._read = lambda split: read_classification_split(self.root, split, datalist=datalist)
+        self._datalist = datalist
         self.train = self._read(data.train_split)
         self.class_names = tuple(self.train.class_names)
         self.num_classes = len(self.class_names)
@@ -101,7 +104,10 @@ class ClassificationData:
         if self.train_size == 0:
             raise DataError(self.root, f"the {data.train_split} split has no images")
         self.batch_keys = {"image", "label", "case"}
+        if data.paired_column:
+            self.batch_keys.add("paired")
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+        self._paired: dict[str, torch.Tensor] = {}
         self._metadata: dict[str, list[dict[str, str]]] = {}
         self._parent: ClassificationData | None = None
         self._keep: tuple[frozenset[int] | None, dict[str, str]] = (None, {})
@@ -122,7 +128,7 @@ class ClassificationData:
         view._parent = self
         view._keep = (frozenset(int(c) for c in classes) if classes is not None else None,
                       {str(k): str(v) for k, v in (metadata or {}).items()})
-        view._tensors, view._metadata = {}, {}
+        view._tensors, view._metadata, view._paired = {}, {}, {}
         view.__dict__.pop("_example_batch", None)
         view.train_size = len(view.tensors(self.cfg.data.train_split)[1])
         if view.train_size == 0:
@@ -153,6 +159,8 @@ class ClassificationData:
             idx = keep.nonzero().flatten()
             self._tensors[split] = (images[idx], labels[idx], [cases[i] for i in idx.tolist()])
             self._metadata[split] = [meta[i] for i in idx.tolist()]
+            if self.cfg.data.paired_column:
+                self._paired[split] = self._parent.paired(split)[idx]
         if split not in self._tensors:
             from medkd.data.classification import ClassificationDataset
 
@@ -161,7 +169,8 @@ class ClassificationData:
                 raise DataError(self.root, f"split {split!r} has classes {list(part.class_names)}, the training "
                                            f"split {list(self.class_names)}")
             ds = ClassificationDataset(part, size=tuple(self.cfg.data.image_size))
-            if len(ds) * math.prod(self.cfg.data.image_size) * self.cfg.data.in_channels > _PRELOAD_LIMIT:
+            copies = 2 if self.cfg.data.paired_column else 1
+            if copies * len(ds) * math.prod(self.cfg.data.image_size) * self.cfg.data.in_channels > _PRELOAD_LIMIT:
                 raise DataError(self.root, f"split {split!r} is too large to hold in memory for distillation "
                                            f"({len(ds)} images); lower data.image_size")
             items = [ds[i] for i in range(len(ds))]
@@ -172,12 +181,54 @@ class ClassificationData:
                 raise DataError(self.root, f"images have {images.shape[1]} channels, data.in_channels is "
                                            f"{self.cfg.data.in_channels}")
             labels = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
+            if self.cfg.data.paired_column:
+                self._paired[split] = self._read_paired(part, split, images.shape)
             self._tensors[split] = (images, labels, [str(it["case"]) for it in items])
             self._metadata[split] = [dict(item.metadata) for item in part.items]
         return self._tensors[split]
 
+    def paired(self, split: str) -> torch.Tensor:
+        """The paired second modality ``(N, C, *size)`` of a split, in :meth:`tensors` order (read once).
+
+        Raises:
+            DataError: ``data.paired_column`` is not set, or (when read) a case without a paired image, a listed
+                paired image that does not exist, or one of another channel count.
+        """
+        if not self.cfg.data.paired_column:
+            raise DataError(self.root, "the experiment has no paired modality: set data.paired_column (a column of "
+                                       "the CSV datalist naming each case's paired image)")
+        self.tensors(split)
+        return self._paired[split]
+
+    def _read_paired(self, part: Any, split: str, shape: torch.Size) -> torch.Tensor:
+        """The images named in ``data.paired_column`` for the items of ``part``, like the main images."""
+        from dataclasses import replace as replace_item
+
+        from medkd.data.classification import ClassificationDataset, ClassificationSplit, image_channels
+
+        column, source = self.cfg.data.paired_column, Path(self._datalist or self.root)
+        items = []
+        for item in part.items:
+            name = item.metadata.get(column, "")
+            if not name:
+                raise DataError(source, f"split {split!r}: case {item.case} has no paired image (column "
+                                        f"{column!r} {'is empty' if column in item.metadata else 'is missing'})")
+            path = (source.parent / name).resolve()
+            if not path.is_file():
+                raise DataError(path, f"paired image of case {item.case} ({column!r} of {source}) not found")
+            items.append(replace_item(item, path=path))
+        channels = image_channels(items[0].path) if items else part.channels
+        ds = ClassificationDataset(ClassificationSplit(items, part.class_names, split, source, channels),
+                                   size=tuple(self.cfg.data.image_size))
+        paired = torch.stack([ds[i]["image"] for i in range(len(ds))]).float()
+        if paired.shape != shape:
+            raise DataError(source, f"split {split!r}: paired images {tuple(paired.shape)} do not match the images "
+                                    f"{tuple(shape)} (same channels and size expected)")
+        return paired
+
     def batches(self, seed: int) -> Iterator[dict[str, Any]]:
         images, labels, cases = self.tensors(self.cfg.data.train_split)
+        paired = self.paired(self.cfg.data.train_split) if self.cfg.data.paired_column else None
         g = torch.Generator().manual_seed(seed)
         n, bs = len(labels), self.cfg.data.batch_size
         while True:
@@ -187,10 +238,16 @@ class ClassificationData:
             for start in range(0, len(order) - bs + 1, bs):
                 idx = order[start:start + bs]
                 x = images[idx]
+                second = paired[idx] if paired is not None else None
                 if self.cfg.data.augment:
                     flip = torch.rand(len(idx), generator=g) < 0.5
                     x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
-                yield {"image": x, "label": labels[idx], "case": [cases[i] for i in idx.tolist()]}
+                    if second is not None:  # the same flip: the two modalities stay registered
+                        second = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), second.flip(-1), second)
+                batch = {"image": x, "label": labels[idx], "case": [cases[i] for i in idx.tolist()]}
+                if second is not None:
+                    batch["paired"] = second
+                yield batch
 
     def predict(self, model: nn.Module, split: str, device: torch.device, batch: int = 256) -> torch.Tensor:
         """Logits ``(N, C)`` of ``model`` on a split (eval mode, no grad)."""

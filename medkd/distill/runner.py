@@ -42,6 +42,7 @@ from medkd.distill.config import DistillConfig
 from medkd.distill.data import ClassificationData, SegmentationData, build_data, example_batch
 from medkd.distill.registry import PLUGINS
 from medkd.distill.strategy import Strategy, StrategyContext, create_strategy
+from medkd.distill.networks import build_network, supervised_terms
 from medkd.distill.students import ClassifierInfo, write_student_run
 from medkd.distill.task import DistillTask
 from medkd.distill.teachers import LoadedTeacher, load_teacher
@@ -57,32 +58,6 @@ from medkd.nets import count_parameters
 __all__ = ["run_experiment", "supervised_terms", "build_network", "train_network"]
 
 logger = logging.getLogger(__name__)
-
-
-def supervised_terms(task: str) -> tuple[TermSpec, ...]:
-    """The supervised loss of a network trained without a teacher: CE, plus Dice for segmentation."""
-    terms = [TermSpec(name="ce", plugin="ce")]
-    if task == "segmentation":
-        terms.append(TermSpec(name="dice", plugin="dice"))
-    return tuple(terms)
-
-
-def build_network(cfg: DistillConfig, data: ClassificationData | SegmentationData, net: str,
-                  params: dict[str, Any]) -> tuple[nn.Module, ClassifierInfo | None]:
-    """A fresh network ``net`` for the experiment's task (and, for classification, what rebuilds it)."""
-    if isinstance(data, SegmentationData):
-        from medkd.methods.bcp.trainer import build_student
-
-        if params:
-            raise ConfigError(f"net_params {sorted(params)}: segmentation networks take in/out channels only")
-        return build_student(replace(data.seg, net=net), channels_last=False), None
-    info = ClassifierInfo(net=net, net_params=dict(params), in_channels=cfg.data.in_channels,
-                          num_classes=data.num_classes, class_names=data.class_names,
-                          image_size=tuple(cfg.data.image_size))
-    try:
-        return info.build(), info
-    except TypeError as err:
-        raise ConfigError(f"net {net!r}: {err}") from None
 
 
 def _plugin_versions(terms: tuple[TermSpec, ...], strategy: str = "") -> dict[str, dict[str, str]]:

@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from medkd.distill.loop_hooks import LoopHooks
 from medkd.distill.registry import PluginKind, get_plugin
+from medkd.distill.networks import build_network
 from medkd.errors import ConfigError
 
 if TYPE_CHECKING:
     from medkd.distill.config import DistillConfig
     from medkd.distill.data import ClassificationData, SegmentationData
-    from medkd.distill.task import DistillTask
     from medkd.distill.teachers import LoadedTeacher
     from medkd.distill.terms import TermSpec
 
@@ -64,7 +65,7 @@ class _Keep:
 KEEP: Any = _Keep()
 
 
-class Strategy:
+class Strategy(LoopHooks):
     """Base class of strategy plugins (subclass, register with ``@register_strategy``, override what you need).
 
     Class attributes:
@@ -85,29 +86,6 @@ class Strategy:
     def summary(self) -> dict[str, Any]:
         """Strategy-specific results for ``RUN/summary.json`` (``strategy`` entry): generations, forgetting, ..."""
         return {}
-
-    # ------------------------------------------------------------------------------------------ loop hooks
-    def modules(self) -> nn.Module | None:
-        """Auxiliary modules trained with the student (gates, stitches); saved in checkpoints, never exported."""
-        return None
-
-    def setup(self, task: DistillTask) -> None:
-        """Called once the task is built, before the optimiser is (create lazy modules here)."""
-
-    def pre_epoch(self, task: DistillTask, epoch: int) -> None:
-        """Called before the first step of each epoch (0-based)."""
-
-    def train_step(self, task: DistillTask, batch: dict[str, Any], iteration: int,
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one step; the default is the experiment's terms (:meth:`DistillTask.step_loss`)."""
-        return task.step_loss(batch, iteration)
-
-    def post_epoch(self, task: DistillTask, epoch: int) -> None:
-        """Called after the last step of each epoch (also of the last, possibly partial, one)."""
-
-    def teardown(self, task: DistillTask) -> None:
-        """Called when the training ends (also on errors)."""
-
 
 def strategy_parameters(name: str) -> dict[str, Any]:
     """The keyword parameters of strategy ``name`` and their defaults."""
@@ -168,8 +146,6 @@ class StrategyContext:
 
     def build_student(self, net: str | None = None, net_params: dict[str, Any] | None = None) -> nn.Module:
         """A fresh student network (``student.net`` unless ``net`` is given)."""
-        from medkd.distill.runner import build_network
-
         net = net or self.cfg.student.net
         params = self.cfg.student.net_params if net_params is None else net_params
         return build_network(self.cfg, self.data, net, params)[0]

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from medkd.distill.cache import TeacherCache
-from medkd.distill.strategy import Strategy
 from medkd.distill.config import OptimConfig, Optimizer, Schedule
 from medkd.distill.data import ClassificationData, TaskData, example_batch
 from medkd.distill.hooks import FeatureTap
+from medkd.distill.loop_hooks import LoopHooks
 from medkd.distill.terms import WeightedTerms
 from medkd.engine.task import TrainTask
 from medkd.engine.teachers import FrozenTeacher
@@ -91,7 +91,7 @@ class DistillTask(TrainTask):
     def __init__(self, *, student: nn.Module, teacher: nn.Module | None, terms: WeightedTerms, data: TaskData,
                  optim: OptimConfig, device: torch.device, seed: int = 0, student_taps: tuple[str, ...] = (),
                  teacher_taps: tuple[str, ...] = (), cache: TeacherCache | None = None,
-                 iterations_per_epoch: int = 0, hooks: Strategy | None = None) -> None:
+                 iterations_per_epoch: int = 0, hooks: LoopHooks | None = None) -> None:
         self.student = student.to(device)
         self.frozen = FrozenTeacher(teacher.to(device)) if teacher is not None else None
         self.teacher = self.frozen
@@ -105,7 +105,7 @@ class DistillTask(TrainTask):
         self._meta = [loss for loss in terms.losses.values() if hasattr(loss, "meta_step")]
         self._val_batches: Iterator[dict[str, Any]] | None = None
         self.last: StepOutputs | None = None
-        self.hooks = hooks if hooks is not None else Strategy()
+        self.hooks = hooks if hooks is not None else LoopHooks()
         self._epoch: int | None = None
         self._dry_run()
         self.hooks.setup(self)

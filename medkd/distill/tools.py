@@ -99,7 +99,7 @@ class ToolContext:
 
     def build_student(self, net: str | None = None, net_params: dict[str, Any] | None = None) -> nn.Module:
         """A fresh network (``student.net`` unless ``net`` is given) for the experiment's data."""
-        from medkd.distill.runner import build_network
+        from medkd.distill.networks import build_network
 
         net = net or self.cfg.student.net
         params = self.cfg.student.net_params if net_params is None else net_params

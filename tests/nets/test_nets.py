@@ -38,7 +38,7 @@ def test_registry_sweep_contract_per_task(name: str) -> None:
 def test_builtin_nets_tasks() -> None:
     import medkd.methods.surgfutr.modules  # noqa: F401  (registers SurgFUTR's clip encoder, whatever ran before)
 
-    classifiers = ["kd_cnn", "kd_cnn_wide", "monai_resnet10", "monai_resnet18"]
+    classifiers = ["kd_cnn", "kd_cnn_wide", "monai_resnet10", "monai_resnet18", "salt_vit"]
     assert set(list_nets()) - set(list_nets(task="segmentation")) == {"retinanet2d", "surgfutr_cnn", *classifiers}
     assert list_nets(task=NetTask.DETECTION) == ["retinanet2d"]
     assert list_nets(task="video_encoder") == ["surgfutr_cnn"]

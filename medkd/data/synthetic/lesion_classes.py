@@ -28,9 +28,16 @@ image.
 :func:`medkd.data.classification.read_classification_split`): ``teacher_train`` (clean, large), ``train`` (the
 student's small split, a ``label_noise`` fraction of labels flipped to another class; the file sits in the folder of
 its noisy label), ``val`` and ``test`` (clean); unlabelled images in ``<root>/unlabelled/`` and every case in
-``<root>/metadata.csv`` (``case,split,image,label,true_label,modality,anatomy,severity``).
+``<root>/metadata.csv`` (``case,split,image,label,true_label,modality,anatomy,severity,paired``).
 :func:`write_classification_datalist` turns that into ``<root>/datalist.csv`` for the CSV layout. Everything is a
 pure function of the seed; 2,000 images are made and written in about three seconds on one core.
+
+With ``paired=True`` every case also gets its **paired second modality** (spec §5): the same lesion, organ and
+texture rendered in the other ``modality`` (A <-> B: the other intensities, texture scale and gamma) with its own
+acquisition noise, as a second scan of the same patient would be; it is written to a sibling tree
+``<root>/paired/<split>/<class>/<case>.png`` (``paired/unlabelled/<case>.png``) that the class-folder reader never
+reads as a split of its own, and named in the ``paired`` column (empty when not written). Multi-modal teacher ->
+single-modality student methods (MST-Distill) read it through ``data.paired_column: paired`` (CSV layout).
 
 Example:
     >>> import tempfile
@@ -44,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 from collections.abc import Sequence
@@ -68,10 +76,13 @@ logger = logging.getLogger(__name__)
 
 #: the classes in prototype order (neighbours in this order look alike); folders and class indices are sorted names
 LESION_CLASS_NAMES: tuple[str, ...] = ("round", "oval", "lobulated", "irregular", "spiculated")
-METADATA_COLUMNS: tuple[str, ...] = ("case", "split", "image", "label", "true_label", "modality", "anatomy", "severity")
+METADATA_COLUMNS: tuple[str, ...] = (
+    "case", "split", "image", "label", "true_label", "modality", "anatomy", "severity", "paired",
+)
 #: labelled splits in writing order (their seeds are ``[seed, index]``, unlabelled images use index 4)
 SYNTH_SPLITS: tuple[str, ...] = ("teacher_train", "train", "val", "test")
 _UNLABELLED = "unlabelled"
+_PAIRED = "paired"  # the sibling tree of the paired second modality
 _CHUNK = 256
 _Range = tuple[float, float]
 
@@ -149,7 +160,8 @@ def _smooth_noise(rng: np.random.Generator, n: int, size: int, sigma: np.ndarray
 
 
 def _render_chunk(rng: np.random.Generator, labels: np.ndarray, modality: np.ndarray, anatomy: np.ndarray,
-                  severity: np.ndarray, size: int, cfg: LesionClassConfig) -> tuple[np.ndarray, np.ndarray]:
+                  severity: np.ndarray, size: int, cfg: LesionClassConfig,
+                  acquisition_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     n, s = len(labels), float(size)
     yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
     yy, xx = yy[None], xx[None]
@@ -211,7 +223,10 @@ def _render_chunk(rng: np.random.Generator, labels: np.ndarray, modality: np.nda
     image = _blur(image, rng.uniform(*cfg.blur, n) * s / 64.0)
     image = np.clip(image, 0.0, 1.0) ** per(mod["gamma"] * rng.uniform(0.9, 1.1, n))
     noise = per(mod["noise"] * cfg.noise_scale * rng.uniform(0.8, 1.2, n))
-    image = image + rng.standard_normal(image.shape) * noise
+    white = rng.standard_normal(image.shape)  # drawn either way, so ``rng`` advances alike with a second acquisition
+    if acquisition_rng is not None:
+        white = acquisition_rng.standard_normal(image.shape)
+    image = image + white * noise
     mask = (footprint > 0.5).astype(np.uint8)
     return np.clip(image, 0.0, 1.0).astype(np.float32), mask
 
@@ -225,6 +240,7 @@ def make_lesion_class_images(
     severity: Sequence[float] | np.ndarray,
     size: int = 64,
     config: LesionClassConfig | None = None,
+    acquisition_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render SynthLesion-2D images, one lesion each, in vectorised chunks.
 
@@ -236,6 +252,9 @@ def make_lesion_class_images(
         severity: ``(n,)`` values in [0, 1].
         size: image side in pixels (>= 16).
         config: appearance (default :class:`LesionClassConfig`).
+        acquisition_rng: when given, the acquisition noise is drawn from it instead of ``rng`` (everything else
+            still from ``rng``, which advances exactly as without it): rendering again from a copy of ``rng``'s
+            state with the other ``modality`` gives a second, independently noisy scan of the same cases.
 
     Returns:
         ``(images, masks)``: float32 ``(n, size, size)`` in [0, 1] and the lesion masks uint8 ``(n, size, size)``.
@@ -268,7 +287,7 @@ def make_lesion_class_images(
     for start in range(0, n, _CHUNK):
         part = slice(start, start + _CHUNK)
         images[part], masks[part] = _render_chunk(
-            rng, labels[part], modality[part], anatomy[part], severity[part], size, cfg
+            rng, labels[part], modality[part], anatomy[part], severity[part], size, cfg, acquisition_rng
         )
     return images, masks
 
@@ -311,6 +330,7 @@ def write_synth_lesion_2d(
     label_noise: float = 0.2,
     seed: int = 0,
     config: LesionClassConfig | None = None,
+    paired: bool = False,
 ) -> Path:
     """Write SynthLesion-2D (spec ``distillation_plugins.md`` §5) in the class-folder layout plus its metadata.
 
@@ -321,6 +341,10 @@ def write_synth_lesion_2d(
     unlabelled images, ``true_label`` the clean class, ``severity`` with four decimals). Every class folder of
     every split exists, even when it holds no image. Classes are balanced within a split; in ``train`` exactly
     ``round(label_noise * n_train)`` labels are replaced by a uniformly drawn other class.
+
+    With ``paired``, every image also gets its paired second modality (module docstring):
+    ``paired/<split>/<class>/<case>.png`` (``paired/unlabelled/<case>.png``), named in the ``paired`` column (empty
+    otherwise). The main images are the same with or without it.
 
     Args:
         root: output folder (created if missing).
@@ -335,6 +359,7 @@ def write_synth_lesion_2d(
         seed: the dataset is a pure function of the arguments; each split has its own stream, so changing one
             split's size leaves the others unchanged.
         config: appearance (default :class:`LesionClassConfig`).
+        paired: also write each case in the other modality (same lesion, own acquisition noise).
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
@@ -350,6 +375,11 @@ def write_synth_lesion_2d(
         >>> rows = list(csv.DictReader((root / "metadata.csv").open()))
         >>> len(rows), sorted(p.name for p in (root / "train").iterdir())
         (14, ['lobulated', 'oval', 'round'])
+        >>> root = write_synth_lesion_2d(tempfile.mkdtemp(), n_teacher_train=0, n_train=2, n_val=0, n_test=0,
+        ...                              n_unlabelled=0, size=32, paired=True)
+        >>> row = next(csv.DictReader((root / "metadata.csv").open()))
+        >>> row["image"].replace(row["label"], "<class>"), row["paired"].replace(row["label"], "<class>")
+        ('train/<class>/train_00000.png', 'paired/train/<class>/train_00000.png')
     """
     if not 2 <= num_classes <= len(LESION_CLASS_NAMES):
         raise ValueError(f"num_classes must be in 2..{len(LESION_CLASS_NAMES)}, got {num_classes}")
@@ -366,34 +396,47 @@ def write_synth_lesion_2d(
     for index, (split, n) in enumerate(counts.items()):
         rng = np.random.default_rng([seed, index])
         cases = _draw_cases(rng, n, num_classes, label_noise if split == "train" else 0.0, cfg)
+        twin = copy.deepcopy(rng) if paired else None  # draws the same cases again, for the paired modality
         images, _ = make_lesion_class_images(rng, cases.true, modality=cases.modality, anatomy=cases.anatomy,
                                              severity=cases.severity, size=size, config=cfg)
+        second = None
+        if twin is not None:
+            other = np.where(cases.modality == "A", "B", "A")
+            second, _ = make_lesion_class_images(twin, cases.true, modality=other, anatomy=cases.anatomy,
+                                                 severity=cases.severity, size=size, config=cfg,
+                                                 acquisition_rng=np.random.default_rng([seed, index, 1]))
         labelled = split != _UNLABELLED
-        for name in names if labelled else ("",):
-            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for tree in (Path(), Path(_PAIRED)) if paired else (Path(),):
+            for name in names if labelled else ("",):
+                (root / tree / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             case = f"{split}_{i:05d}"
             label = names[cases.observed[i]] if labelled else ""
             relative = Path(split, label, f"{case}.png") if labelled else Path(split, f"{case}.png")
             _save_png(root / relative, images[i])
+            if second is not None:
+                _save_png(root / _PAIRED / relative, second[i])
             rows.append({"case": case, "split": split, "image": relative.as_posix(), "label": label,
                          "true_label": names[cases.true[i]], "modality": str(cases.modality[i]),
-                         "anatomy": str(cases.anatomy[i]), "severity": f"{cases.severity[i]:.4f}"})
+                         "anatomy": str(cases.anatomy[i]), "severity": f"{cases.severity[i]:.4f}",
+                         "paired": (Path(_PAIRED) / relative).as_posix() if second is not None else ""})
     with (root / "metadata.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    logger.info("wrote SynthLesion-2D (K=%d, %d^2, label noise %.2f) to %s: %s", num_classes, size, label_noise,
-                root, counts)
+    logger.info("wrote SynthLesion-2D (K=%d, %d^2, label noise %.2f%s) to %s: %s", num_classes, size, label_noise,
+                ", paired modality" if paired else "", root, counts)
     return root
 
 
 def write_classification_datalist(root: str | Path) -> Path:
     """Write ``<root>/datalist.csv`` for the CSV layout from the ``metadata.csv`` of :func:`write_synth_lesion_2d`.
 
-    Columns ``image,label,split,case,true_label,modality,anatomy,severity``; one row per labelled image (the
-    unlabelled images have no label and are left out), ``image`` relative to ``root`` (the CSV's folder) and
-    ``label`` the observed class name, so reading it gives the same items as the class folders.
+    Columns ``image,label,split,case,true_label,modality,anatomy,severity``, plus ``paired`` (the paired second
+    modality, relative to ``root``) when the data were written with ``paired=True`` (the column is left out
+    otherwise, so the items' metadata stay as they were); one row per labelled image (the unlabelled images have no
+    label and are left out), ``image`` relative to ``root`` (the CSV's folder) and ``label`` the observed class
+    name, so reading it gives the same items as the class folders.
 
     Args:
         root: a folder written by :func:`write_synth_lesion_2d`.
@@ -415,6 +458,8 @@ def write_classification_datalist(root: str | Path) -> Path:
     with (root / "metadata.csv").open(newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["label"]]
     columns = ("image", "label", "split", "case", "true_label", "modality", "anatomy", "severity")
+    if any(row.get("paired") for row in rows):
+        columns += ("paired",)
     path = root / "datalist.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
