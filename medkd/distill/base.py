@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from medkd.distill.registry import PluginKind, get_plugin
+from medkd.distill.registry import PluginKind, get_plugin, instantiate
 from medkd.errors import ConfigError
 
 __all__ = ["DistillLoss", "Requires", "RequirementError", "create_loss", "loss_parameters"]
@@ -138,15 +137,4 @@ def create_loss(name: str, **params: Any) -> nn.Module:
     cls = get_plugin(name, PluginKind.LOSS)
     allowed = loss_parameters(name)
     takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
-    for key in params:
-        if key not in allowed and not takes_any:
-            close = difflib.get_close_matches(key, allowed, n=2)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"loss plugin {name!r} has no parameter {key!r}.{hint} "
-                              f"Parameters: {', '.join(allowed) or 'none'}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"loss plugin {name!r}: {err}") from None
+    return instantiate(cls, f"loss plugin {name!r}", list(allowed), params, open_keywords=takes_any)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import logging
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from medkd.errors import ConfigError
 from medkd.registry import Registry, resolve_option
 
 __all__ = [
@@ -216,6 +218,31 @@ def import_plugin_modules(package: str, path: Sequence[str]) -> list[str]:
         importlib.import_module(f"{package}.{name}")
     return names
 
+
+
+def instantiate(cls: Any, what: str, allowed: Sequence[str], params: dict[str, Any], *,
+                open_keywords: bool = False) -> Any:
+    """``cls(**params)`` for plugin ``what`` (e.g. ``"strategy 'salt'"``), with errors a config author can act on.
+
+    Raises:
+        ConfigError: a key not in ``allowed`` (close matches listed; unless ``open_keywords``), or the plugin
+            rejecting a value (its TypeError/ValueError message).
+
+    Example:
+        >>> instantiate(dict, "toy 'd'", ["a"], {"a": 1})
+        {'a': 1}
+    """
+    for key in params:
+        if key not in allowed and not open_keywords:
+            close = difflib.get_close_matches(key, allowed, n=2)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{what} has no parameter {key!r}.{hint} Parameters: {', '.join(allowed) or 'none'}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{what}: {err}") from None
 
 def _unregister(key: str) -> None:
     """Remove ``key`` (tests and doctests only)."""

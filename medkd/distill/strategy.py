@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,9 +41,8 @@ import torch
 from torch import nn
 
 from medkd.distill.loop_hooks import LoopHooks
-from medkd.distill.registry import PluginKind, get_plugin
+from medkd.distill.registry import PluginKind, get_plugin, instantiate
 from medkd.distill.networks import build_network
-from medkd.errors import ConfigError
 
 if TYPE_CHECKING:
     from medkd.distill.config import DistillConfig
@@ -103,18 +101,7 @@ def create_strategy(name: str, **params: Any) -> Strategy:
     """
     cls = get_plugin(name, PluginKind.STRATEGY)
     allowed = strategy_parameters(name)
-    for key in params:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=2)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"strategy {name!r} has no parameter {key!r}.{hint} "
-                              f"Parameters: {', '.join(allowed) or 'none'}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"strategy {name!r}: {err}") from None
+    return instantiate(cls, f"strategy {name!r}", list(allowed), params)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from torch import nn
 
 from medkd.config import config_from_dict
 from medkd.distill.config import DistillConfig
+from medkd.distill.moe import moe_params, wrap_stages
 from medkd.engine.checkpoint import load_checkpoint
 from medkd.errors import DataError
 from medkd.io.atomic import write_text_atomic
@@ -71,7 +72,11 @@ def segmentation_config(cfg: DistillConfig, net: str | None = None, iterations: 
 
 @dataclass(frozen=True)
 class ClassifierInfo:
-    """What rebuilds a classification student: ``create_net(net, in_channels=..., num_classes=..., **net_params)``."""
+    """What rebuilds a classification student: ``create_net(net, in_channels=..., num_classes=..., **net_params)``.
+
+    A ``moe`` entry of ``net_params`` (``{experts, top_k, stages}``, m2mKD's mixture-of-experts student) is not
+    passed to the network: its stages are wrapped afterwards (:func:`medkd.distill.moe.wrap_stages`).
+    """
 
     net: str
     net_params: dict[str, Any]
@@ -83,9 +88,13 @@ class ClassifierInfo:
     def build(self) -> nn.Module:
         """The network with random weights."""
         params = dict(self.net_params)
+        moe = params.pop("moe", None)
         if _takes_spatial_dims(self.net):
             params.setdefault("spatial_dims", len(self.image_size))
-        return create_net(self.net, in_channels=self.in_channels, num_classes=self.num_classes, **params)
+        net = create_net(self.net, in_channels=self.in_channels, num_classes=self.num_classes, **params)
+        if moe is not None:
+            net = wrap_stages(net, **moe_params(moe))
+        return net
 
 
 def _takes_spatial_dims(net: str) -> bool:

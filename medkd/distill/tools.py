@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import logging
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from medkd.distill.registry import PluginKind, get_plugin
+from medkd.distill.registry import PluginKind, get_plugin, instantiate
 from medkd.errors import ConfigError
 from medkd.io.atomic import write_text_atomic
 
@@ -138,18 +137,7 @@ def create_utility(name: str, **params: Any) -> Utility:
     if not (isinstance(cls, type) and issubclass(cls, Utility)):
         raise ConfigError(f"utility {name!r} is a Python function, not a command")
     allowed = utility_parameters(name)
-    for key in params:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=2)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"utility {name!r} has no parameter {key!r}.{hint} "
-                              f"Parameters: {', '.join(allowed) or 'none'}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"utility {name!r}: {err}") from None
+    return instantiate(cls, f"utility {name!r}", list(allowed), params)
 
 
 def parse_params(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

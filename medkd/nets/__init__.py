@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from medkd.nets import retinanet as retinanet  # registers retinanet2d (task detection); MONAI loads lazily
-from medkd.nets import token_vit as token_vit  # registers salt_vit (task classification): SALT's ViT encoder
+from medkd.nets import token_vit as token_vit  # registers salt_vit (classification), salt_frames (video_encoder)
 from medkd.nets.classifiers import KDCNN, kd_cnn, kd_cnn_wide, monai_resnet10, monai_resnet18
 from medkd.nets.factory import NETS, NetTask, count_parameters, create_net, list_nets, net_task, register_net
 from medkd.nets.monai_nets import monai_basicunet, monai_unet, monai_vnet

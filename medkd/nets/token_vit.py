@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """A small token (ViT-style) encoder for images and video clips, V-JEPA multi-block masks, a masked-token predictor,
-and the ``salt_vit`` classifier (task ``classification``).
+the ``salt_vit`` classifier (task ``classification``) and the ``salt_frames`` frame encoder (task ``video_encoder``).
 
 * :class:`TokenEncoder`: patch embedding (2-D ``(B, C, H, W)``, patches ``patch x patch``) or tubelet embedding
   (3-D clips ``(B, C, T, H, W)``, tubelets ``tubelet x patch x patch``; time after channels, as ``Conv3d``: a
@@ -18,6 +18,9 @@ and the ``salt_vit`` classifier (task ``classification``).
   parameters, MAE's linear-probe head, unless ``head_norm=False``); taps ``encoder`` ``(B, N, dim)``, ``pool``
   ``(B, dim)``, ``head`` ``(B, num_classes)``. The SALT strategy (:mod:`medkd.distill.strategies.salt`) pretrains
   its encoder and trains the head as a linear probe.
+* ``salt_frames`` (:class:`FrameTokenEncoder`): the same encoder on each frame of a clip ``(B, T, C, H, W)``, mean
+  over tokens and a linear projection -> per-frame features ``(B, T, feature_dim)``: SurgFUTR's frame encoder
+  (``model.encoder: salt_frames``), which can start from a SALT-pretrained encoder (``model.encoder_weights``).
 
 Example:
     >>> import torch
@@ -44,6 +47,7 @@ from medkd.nets.factory import register_net
 from medkd.registry import resolve_option
 
 __all__ = [
+    "FrameTokenEncoder",
     "MaskedPredictor",
     "LinearHead",
     "MultiBlockMasking",
@@ -54,6 +58,7 @@ __all__ = [
     "TokenMeanPool",
     "gather_tokens",
     "multiblock_mask",
+    "salt_frames",
     "salt_vit",
     "sincos_pos_embed",
 ]
@@ -471,3 +476,71 @@ def salt_vit(in_channels: int = 1, num_classes: int = 5, spatial_dims: int = 2, 
     return SaltViT(in_channels, num_classes, spatial_dims=spatial_dims, image_size=image_size, patch=patch, dim=dim,
                    depth=depth, heads=heads, mlp_ratio=mlp_ratio, frames=frames, tubelet=tubelet, pos_embed=pos_embed,
                    head_norm=head_norm)
+
+
+class FrameTokenEncoder(nn.Module):
+    """A 2-D :class:`TokenEncoder` on each frame of a clip, mean over its tokens, then a linear projection: a clip
+    ``(B, T, C, H, W)`` (uint8 0-255, scaled to 0-1, or float 0-1: the range SALT pretrains on) -> per-frame
+    features ``(B, T, feature_dim)``. Submodules ``encoder`` (the :class:`TokenEncoder`, whose state dict is the one
+    SALT saves), ``pool`` and ``proj``.
+
+    Args:
+        in_channels: frame channels. feature_dim: output width. **encoder: :class:`TokenEncoder` keywords
+            (``image_size`` the frame size, ``patch``, ``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``pos_embed``).
+
+    Raises:
+        ValueError: see :class:`TokenEncoder`; a ``feature_dim`` below 1.
+
+    Example:
+        >>> net = FrameTokenEncoder(3, 16, image_size=8, patch=4, dim=8, depth=1, heads=2)
+        >>> net(torch.randint(0, 255, (2, 3, 3, 8, 8), dtype=torch.uint8)).shape
+        torch.Size([2, 3, 16])
+    """
+
+    def __init__(self, in_channels: int = 3, feature_dim: int = 128, **encoder: object) -> None:
+        super().__init__()
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        self.encoder = TokenEncoder(in_channels, spatial_dims=2, **encoder)  # type: ignore[arg-type]
+        self.pool = TokenMeanPool()
+        self.proj = nn.Linear(self.encoder.dim, feature_dim)
+        _init_linear(self.proj)
+        self.feature_dim = feature_dim
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        """Per-frame features ``(B, T, feature_dim)`` of ``clip`` ``(B, T, C, H, W)``.
+
+        Raises:
+            ValueError: not a 5-D clip, or frames of another size than the encoder's ``image_size``.
+        """
+        if clip.ndim != 5:
+            raise ValueError(f"expected a clip (B, T, C, H, W), got {tuple(clip.shape)}")
+        b, t = clip.shape[:2]
+        x = clip.reshape(b * t, *clip.shape[2:])
+        x = x.float() / 255.0 if not x.is_floating_point() else x
+        return self.proj(self.pool(self.encoder(x))).reshape(b, t, -1)
+
+
+@register_net("salt_frames", task="video_encoder")
+def salt_frames(in_channels: int = 3, feature_dim: int = 128, image_size: int | Sequence[int] = 32, patch: int = 4,
+                dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
+                pos_embed: str = "sincos") -> nn.Module:
+    """A per-frame ViT clip encoder (:class:`FrameTokenEncoder`): ``(B, T, C, H, W)`` -> ``(B, T, feature_dim)``.
+
+    The encoder keywords (and their defaults) are ``salt_vit``'s 2-D ones, so a SALT run's ``net_params`` carry
+    over; ``image_size`` is the frame size (SurgFUTR passes ``data.frame_size``).
+
+    Args:
+        in_channels: frame channels (3: RGB). feature_dim: per-frame feature width.
+        image_size: ``H = W`` or ``(H, W)``. patch: patch side.
+        dim / depth / heads / mlp_ratio: the transformer. pos_embed: ``sincos`` or ``learned``.
+
+    Raises:
+        ValueError: see :class:`TokenEncoder`.
+
+    Example:
+        >>> salt_frames(feature_dim=8, image_size=8, dim=8, depth=1, heads=2)(torch.rand(1, 2, 3, 8, 8)).shape
+        torch.Size([1, 2, 8])
+    """
+    return FrameTokenEncoder(in_channels, feature_dim, image_size=image_size, patch=patch, dim=dim, depth=depth,
+                             heads=heads, mlp_ratio=mlp_ratio, pos_embed=pos_embed)

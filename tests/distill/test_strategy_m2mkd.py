@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """m2mKD (spec §3.12): a copied teacher stage between identity stitches gives KL 0, the loss mixes CE and KL summed
 over B * C, the meta model gets no gradient (and keeps its BatchNorm statistics) while a student stage trains inside
-it; a tiny two-phase run, resumed from the saved modules; mismatched stages are refused."""
+it; a tiny two-phase run, resumed from the saved modules; mismatched stages are refused. The MoE student: a mixture
+keeps the stage's shape, equals the stage when all experts are the same and all are selected, its gates are
+renormalised over the selected experts, its balance loss is 1 for a uniform router; a tiny run with experts=2 reloads
+from student.json; bad MoE parameters are refused."""
 
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from medkd.data.synthetic.lesion_classes import write_synth_lesion_2d
 from medkd.distill import create_strategy
 from medkd.distill.config import DistillConfig
 from medkd.distill.data import build_data
+from medkd.distill.moe import MoEStage, balance_loss
 from medkd.distill.strategies.m2mkd import HybridNet, Stitch, m2m_loss, stage_shapes
 from medkd.errors import ConfigError
+from medkd.distill.students import load_classifier
 from medkd.nets import create_net
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,3 +132,66 @@ def test_mismatched_stages_are_refused(lesions: Path, tmp_path: Path) -> None:
                         overrides=[*FAST, "teacher.net_params={width: 8, depth: 3}"])
     with pytest.raises(ConfigError, match="alpha must be in"):
         create_strategy("m2mkd", alpha=1.5)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_moe_stage_keeps_the_shape_and_renormalises_its_gates(top_k: int) -> None:
+    torch.manual_seed(0)
+    stage = create_net("kd_cnn", width=4, depth=2).stages[1]
+    moe = MoEStage(stage, experts=3, top_k=top_k)
+    x = torch.randn(6, 4, 8, 8)
+    assert moe(x).shape == stage(x).shape
+    gates, chosen, probs = moe.route(x)
+    assert gates.shape == chosen.shape == (6, top_k) and probs.shape == (6, 3)
+    assert ((gates >= 0) & (gates <= 1)).all() and torch.allclose(gates.sum(1), torch.ones(6))
+    assert (chosen.sort(1).values.diff(1) > 0).all()  # distinct experts per sample
+
+
+def test_moe_of_identical_experts_all_selected_equals_the_stage() -> None:
+    torch.manual_seed(1)
+    stage = create_net("kd_cnn", width=4, depth=2).stages[1].eval()
+    moe = MoEStage(stage, experts=2, top_k=2).eval()
+    torch.nn.init.normal_(moe.router.weight)  # unequal gates: their sum, 1, is what makes the mixture the stage
+    x = torch.randn(5, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(moe(x), stage(x), atol=1e-5)
+
+
+def test_balance_loss_is_one_for_a_uniform_router() -> None:
+    moe = MoEStage(torch.nn.Conv2d(3, 3, 1), experts=4, top_k=2)
+    torch.nn.init.zeros_(moe.router.weight)
+    torch.nn.init.zeros_(moe.router.bias)
+    moe(torch.randn(7, 3, 4, 4))
+    assert float(moe.balance_loss) == pytest.approx(1.0)
+    skewed = torch.tensor([[0.9, 0.1]] * 4)
+    assert float(balance_loss(skewed, torch.zeros(4, 1, dtype=torch.long))) == pytest.approx(1.8)
+
+
+def test_moe_student_end_to_end_and_reload(lesions: Path, tmp_path: Path) -> None:
+    out = tmp_path / "moe"
+    params = "distill.strategy_params={module_iterations: 1, experts: 2, top_k: 1}"
+    summary = api.distill_run(PRESET, lesions, out, progress=False,
+                              overrides=[*FAST, "optim.iterations=2", params])
+    strategy = summary["strategy"]
+    assert strategy["experts"] == 2 and strategy["top_k"] == 1
+    assert all(b["balance"] > 0 for b in strategy["blocks"])
+    assert json.loads((out / "student.json").read_text())["net_params"]["moe"]["experts"] == 2
+    _, net = load_classifier(out)  # rebuilt from student.json, the trained weights fit
+    assert sum(isinstance(m, MoEStage) for m in net.modules()) == len(strategy["blocks"])
+    metrics = [json.loads(line) for line in (out / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert any("moe/balance" in m for m in metrics)
+    again = api.distill_run(PRESET, lesions, out, progress=False, overrides=[*FAST, "optim.iterations=2", params],
+                            resume=True)
+    assert again["strategy"]["blocks"] == strategy["blocks"]  # the saved mixtures are read back
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"experts": 1}, "experts must be >= 2"),
+    ({"experts": 2, "top_k": 3}, "top_k must be in"),
+    ({"experts": 2, "top_k": 0}, "top_k must be in"),
+    ({"top_k": 2}, "needs experts >= 2"),
+    ({"experts": 2, "balance_weight": -1.0}, "balance_weight must be >= 0"),
+])
+def test_bad_moe_parameters_are_refused(params: dict[str, float], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        create_strategy("m2mkd", **params)

@@ -6,13 +6,13 @@ budget; tiny ``medkd distill search n2n`` runs with the DisWOT proxy and with sh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from medkd.data.synthetic.lesion_classes import LESION_CLASS_NAMES, write_synth_lesion_2d
+from medkd.data.synthetic.lesion_classes import write_synth_lesion_2d
 from medkd.distill import get_plugin
 from medkd.distill.utilities.n2n import (
     N2N, CategoricalPolicy, n2n_reward, reinforce, remove_stages, score_to_ratio, shrink_width,
@@ -70,24 +70,9 @@ def test_baseline_is_a_moving_average() -> None:
     assert [e.baseline for e in log] == [1.0, 1.0, 0.5, 0.25]
 
 
-def _teacher_run(folder: Path, net: str = "kd_cnn_wide", params: dict | None = None) -> Path:
-    from medkd.distill.students import ClassifierInfo, write_student_run
-    from medkd.engine.checkpoint import save_checkpoint
-
-    info = ClassifierInfo(net=net, net_params=params or {"width": 8}, in_channels=1, num_classes=5,
-                          class_names=tuple(sorted(LESION_CLASS_NAMES)), image_size=(16, 16))
-    torch.manual_seed(0)
-    write_student_run(folder, task="classification", info=info, role="teacher")
-    save_checkpoint(folder / "student" / "best.pt", student=info.build(), teacher=None, optimizer=None, config={},
-                    iteration=1)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = write_synth_lesion_2d(tmp_path_factory.mktemp("lesions"), n_teacher_train=5, n_train=20, n_val=10,
-                                 n_test=10, n_unlabelled=0, size=32)
-    return root, _teacher_run(tmp_path_factory.mktemp("teacher"))
+def setup(lesions_and_teacher: tuple[Path, Path]) -> tuple[Path, Path]:
+    return lesions_and_teacher
 
 
 def _search(setup: tuple[Path, Path], out: Path, **params) -> dict:
@@ -155,8 +140,9 @@ def test_bad_input(params: dict, match: str, setup: tuple[Path, Path], tmp_path:
         _search(setup, tmp_path, **params)
 
 
-def test_only_kd_cnn_teachers(setup: tuple[Path, Path], tmp_path: Path) -> None:
-    resnet = _teacher_run(tmp_path / "resnet", "monai_resnet10", {"widen_factor": 0.125})
+def test_only_kd_cnn_teachers(setup: tuple[Path, Path], tmp_path: Path,
+                               random_teacher_run: Callable[..., Path]) -> None:
+    resnet = random_teacher_run(tmp_path / "resnet", "monai_resnet10", {"widen_factor": 0.125})
     with pytest.raises(ConfigError, match="kd_cnn-family teachers"):
         _search((setup[0], resnet), tmp_path / "out", proxy="diswot")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medkd.config import load_config
-from medkd.data.synthetic.lesion_classes import LESION_CLASS_NAMES, write_synth_lesion_2d
+from medkd.data.synthetic.lesion_classes import write_synth_lesion_2d
 from medkd.distill import get_plugin
 from medkd.distill.config import DistillConfig
 from medkd.distill.utilities.pvd import PVD, _Progressive, active_weights, stage_bounds, stage_of
@@ -48,26 +48,9 @@ def test_stages_follow_each_other(iterations: int, blocks: int, fraction: float)
         stage_bounds(iterations, blocks, 1.0)
 
 
-def _teacher_run(folder: Path) -> Path:
-    """A random kd_cnn_wide (width 8) saved as a classification run: enough to exercise the loop."""
-    from medkd.distill.students import ClassifierInfo, write_student_run
-    from medkd.engine.checkpoint import save_checkpoint
-
-    names = tuple(sorted(LESION_CLASS_NAMES))
-    info = ClassifierInfo(net="kd_cnn_wide", net_params={"width": 8}, in_channels=1, num_classes=5, class_names=names,
-                          image_size=(16, 16))
-    torch.manual_seed(0)
-    write_student_run(folder, task="classification", info=info, role="teacher")
-    save_checkpoint(folder / "student" / "best.pt", student=info.build(), teacher=None, optimizer=None, config={},
-                    iteration=1)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = write_synth_lesion_2d(tmp_path_factory.mktemp("lesions"), n_teacher_train=5, n_train=20, n_val=10,
-                                 n_test=10, n_unlabelled=0, size=32)
-    return root, _teacher_run(tmp_path_factory.mktemp("teacher"))
+def setup(lesions_and_teacher: tuple[Path, Path]) -> tuple[Path, Path]:
+    return lesions_and_teacher
 
 
 def _stage_state(net: torch.nn.Module) -> list[torch.Tensor]:

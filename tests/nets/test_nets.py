@@ -39,9 +39,10 @@ def test_builtin_nets_tasks() -> None:
     import medkd.methods.surgfutr.modules  # noqa: F401  (registers SurgFUTR's clip encoder, whatever ran before)
 
     classifiers = ["kd_cnn", "kd_cnn_wide", "monai_resnet10", "monai_resnet18", "salt_vit"]
-    assert set(list_nets()) - set(list_nets(task="segmentation")) == {"retinanet2d", "surgfutr_cnn", *classifiers}
+    assert set(list_nets()) - set(list_nets(task="segmentation")) == {"retinanet2d", "salt_frames", "surgfutr_cnn",
+                                                                       *classifiers}
     assert list_nets(task=NetTask.DETECTION) == ["retinanet2d"]
-    assert list_nets(task="video_encoder") == ["surgfutr_cnn"]
+    assert list_nets(task="video_encoder") == ["salt_frames", "surgfutr_cnn"]
     assert list_nets(task="classification") == classifiers
 
 

@@ -18,12 +18,25 @@ they run one after the other, each checkpointed in ``RUN/modules/stage_<i>.pt`` 
 with ``head_iterations``, fitted first on CE for that many steps with the stages frozen; then the whole student
 trains end to end with the experiment's ``distill.terms`` and teacher into ``RUN`` (a normal run).
 
+**MoE student** (``experts >= 2``; 0, the default, keeps the student as configured): every student stage becomes a
+:class:`~medkd.distill.moe.MoEStage`, ``experts`` copies of the stage (identical at the start) behind a linear
+router on the global-average-pooled stage input; each sample goes to its ``top_k`` most probable experts, whose
+gate-weighted outputs are summed (gates renormalised over the selected experts). Phase 1 trains each mixture (its
+experts and router) inside the teacher like a plain stage; in both phases ``balance_weight`` times the
+Switch-Transformer load-balancing loss ``E * sum_e f_e * P_e`` of the mixtures is added (logged ``moe/balance`` in
+phase 2). The run stays a normal run: ``student.json`` records ``net_params.moe = {experts, top_k, stages}``, from
+which :class:`~medkd.distill.students.ClassifierInfo` rebuilds the wrapped network. ``summary()`` records
+``experts``, ``top_k`` and, per block, the last balance loss.
+
 ``summary()`` holds, per block, the hybrid's validation accuracy and its last CE and KL. Differences from the paper
 [recon]: the official stitches are linear layers on transformer tokens (width 1024); here 1x1 convolutions on feature
 maps, initialised to a (rectangular) identity so that a stitch between equal widths starts as the identity; the
 official meta model is a pre-trained transformer cut into modules; here any network whose ``stages`` (an
-``nn.Sequential``/``nn.ModuleList``) run in order. The MoE student of the paper (each stage a mixture of experts
-with a router) is not implemented: the student is ``student.net`` as configured.
+``nn.Sequential``/``nn.ModuleList``) run in order. The paper's modular students (NAC, V-MoE) are transformers that
+route tokens; here a whole stage (a convolutional block) is the expert and routing is per sample from pooled
+features, experts start as copies of the configured stage, the renormalising sum of the gates is detached (so that
+top-1 gates of 1 still pass the task gradient to the router), and the balance loss and its default weight are
+Switch Transformer's (not checked against the official code).
 
 Example:
     >>> import torch
@@ -48,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medkd.distill.dense import tempered_kl
+from medkd.distill.moe import MoEStage, check_moe, moe_stages, wrap_stages
 from medkd.distill.registry import register_strategy
 from medkd.distill.strategy import Strategy, StrategyContext
 from medkd.errors import ConfigError
@@ -175,17 +189,24 @@ class M2MKD(Strategy):
         module_iterations: phase-1 steps per block (0: ``optim.iterations // number of stages``, at least 1).
         head_iterations: steps fitting the assembled student's head on CE first (0: the head stays fresh).
         stages: the attribute holding the stages in teacher and student.
+        experts: 0 (the student as configured) or >= 2: every student stage a mixture of that many experts.
+        top_k: experts per sample, in [1, experts]. balance_weight: weight of the load-balancing loss (>= 0).
 
     Raises:
         ConfigError: a bad value; at run time a teacher or student without ``stages``, different numbers of stages,
             or stages whose resolutions differ.
+
+    Example:
+        >>> M2MKD(experts=4, top_k=2).experts
+        4
     """
 
     requires_teacher = True
     tasks = frozenset({"classification"})
 
     def __init__(self, alpha: float = 0.5, temperature: float = 1.0, module_iterations: int = 0,
-                 head_iterations: int = 0, stages: str = "stages") -> None:
+                 head_iterations: int = 0, stages: str = "stages", experts: int = 0, top_k: int = 1,
+                 balance_weight: float = 0.01) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"m2mkd: alpha must be in [0, 1], got {alpha}")
         if not temperature > 0:
@@ -193,6 +214,13 @@ class M2MKD(Strategy):
         if module_iterations < 0 or head_iterations < 0:
             raise ConfigError(f"m2mkd: module_iterations and head_iterations must be >= 0, got {module_iterations}, "
                               f"{head_iterations}")
+        if experts != 0:
+            check_moe(experts, top_k, "m2mkd")
+        elif top_k != 1:
+            raise ConfigError(f"m2mkd: top_k={top_k} needs experts >= 2 (experts=0: no mixture of experts)")
+        if not balance_weight >= 0:
+            raise ConfigError(f"m2mkd: balance_weight must be >= 0, got {balance_weight}")
+        self.experts, self.top_k, self.balance_weight = int(experts), int(top_k), float(balance_weight)
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.module_iterations, self.head_iterations = int(module_iterations), int(head_iterations)
         self.stages = stages
@@ -209,6 +237,12 @@ class M2MKD(Strategy):
         if len(t_stages) != len(s_stages):
             raise ConfigError(f"m2mkd: the teacher has {len(t_stages)} stages, the student {len(s_stages)}; they "
                               "must match (e.g. kd_cnn_wide and kd_cnn of the same depth)")
+        if self.experts:  # s_stages[i] becomes a mixture of copies of itself
+            if "moe" in ctx.cfg.student.net_params:
+                raise ConfigError("m2mkd: student.net_params already has 'moe'; set experts and top_k in "
+                                  "distill.strategy_params only")
+            wrap_stages(student, self.experts, self.top_k, self.stages)
+            self._results.update(experts=self.experts, top_k=self.top_k, balance_weight=self.balance_weight)
         device = ctx.device
         teacher.to(device).eval()
         student.to(device)
@@ -235,7 +269,22 @@ class M2MKD(Strategy):
         self._results["module_iterations"] = iterations
         if self.head_iterations:
             self._results["head_fit_val_accuracy"] = self._fit_head(ctx, data, student)
-        return ctx.train(student=student)
+        if not self.experts:
+            return ctx.train(student=student)
+        moe = {"experts": self.experts, "top_k": self.top_k, "stages": self.stages}
+        return ctx.train(student=student, net_params={**ctx.cfg.student.net_params, "moe": moe}, hooks=self)
+
+    def train_step(self, task: Any, batch: dict[str, Any], iteration: int) -> tuple[Tensor, dict[str, float]]:
+        """Phase 2 with an MoE student: the experiment's terms plus the weighted load-balancing loss."""
+        loss, logs = task.step_loss(batch, iteration)
+        balance = self._balance(task.student)
+        return loss + self.balance_weight * balance, {**logs, "moe/balance": float(balance)}
+
+    @staticmethod
+    def _balance(net: nn.Module) -> Tensor:
+        """The sum of the load-balancing losses of the last forward of ``net``'s mixtures of experts."""
+        losses = [m.balance_loss for m in moe_stages(net)]
+        return torch.stack(losses).sum() if losses else torch.zeros(())
 
     def _train_block(self, ctx: StrategyContext, data: ClassificationData, hybrid: HybridNet,
                      iterations: int) -> dict[str, Any]:
@@ -255,7 +304,7 @@ class M2MKD(Strategy):
         optimizer = build_optimizer(optim, [trained])
         hybrid.train()
         batches = data.batches(ctx.cfg.experiment.seed + 1000 * (i + 1))
-        ce = kl = torch.zeros(())
+        ce = kl = balance = torch.zeros(())
         for it in range(1, iterations + 1):
             for group in optimizer.param_groups:
                 group["lr"] = schedule_lr(optim, it)
@@ -264,12 +313,17 @@ class M2MKD(Strategy):
             with torch.no_grad():
                 target = hybrid.teacher(image)
             loss, parts = m2m_loss(hybrid(image), target, label, self.alpha, self.temperature)
+            if isinstance(hybrid.block, MoEStage):
+                balance = hybrid.block.balance_loss
+                loss = loss + self.balance_weight * balance
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            ce, kl = parts["ce"].detach(), parts["kl"].detach()
+            ce, kl, balance = parts["ce"].detach(), parts["kl"].detach(), balance.detach()
         result = {"val_accuracy": round(data.validate(hybrid, device)["accuracy"], 4), "ce": round(float(ce), 4),
                   "kl": round(float(kl), 4), "iterations": iterations}
+        if isinstance(hybrid.block, MoEStage):
+            result["balance"] = round(float(balance), 4)
         save_checkpoint(path, student=trained, teacher=None, optimizer=None, config={"strategy": "m2mkd"},
                         iteration=iterations, extra_state=result)
         logger.info("m2mkd: stage %d trained in the teacher: hybrid val accuracy %.3f", i, result["val_accuracy"])

@@ -427,8 +427,14 @@ def _load(run: Path, checkpoint: str, stage: str | None) -> ExportModel:
 
 def _kwargs(cfg: Any, classes: Any) -> dict[str, Any]:
     from medkd.config import config_to_dict
+    from medkd.methods.surgfutr.model import encoder_kwargs
 
-    return {"model": config_to_dict(cfg)["model"], "layout": _layout(classes), "variant": cfg.variant.value}
+    model = config_to_dict(cfg)["model"]
+    if cfg.model.encoder != "cnn":  # the bundle has no data section: keep the encoder's frame size in its keywords
+        model["encoder_params"] = {k: v for k, v in encoder_kwargs(cfg).items() if k not in ("in_channels",
+                                                                                              "feature_dim")}
+    model["encoder_weights"] = ""  # models/model.pt holds the trained encoder; the SALT file is not shipped
+    return {"model": model, "layout": _layout(classes), "variant": cfg.variant.value}
 
 
 def _dataset_card(model: ExportModel) -> DatasetCard:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from medkd.errors import ConfigError
 
@@ -138,7 +139,13 @@ class ModelConfig:
     """The networks (spec §3; CPU preset: 4-layer CNN, D=128, d=64, K=16, T=4).
 
     Attributes:
-        encoder: registered clip encoder (``cnn``: per-frame CNN + temporal conv + mean).
+        encoder: registered clip encoder (``cnn``: per-frame CNN + temporal conv + mean; ``salt_frames``: a per-frame
+            ViT that SALT can pretrain).
+        encoder_params: keywords of a non-``cnn`` encoder (``salt_frames``: ``dim``, ``depth``, ``heads``,
+            ``patch``, ...; ``feature_dim`` and ``image_size`` come from ``feature_dim`` and ``data.frame_size``
+            when the encoder takes them).
+        encoder_weights: a SALT run folder (``distill`` strategy ``salt``) or its ``RUN/salt/student.pt``: the
+            pretrained encoder the frame encoder's ``encoder`` starts from (``""``: random initialisation).
         width: channels of the CNN's first layer (doubling to its third).
         feature_dim: D, the clip feature.
         state_dim: d, the unit state embedding.
@@ -159,6 +166,8 @@ class ModelConfig:
     """
 
     encoder: str = "cnn"
+    encoder_params: dict[str, Any] = field(default_factory=dict)
+    encoder_weights: str = ""
     width: int = 16
     feature_dim: int = 128
     state_dim: int = 64
@@ -280,6 +289,13 @@ class SurgFUTRConfig:
             raise ConfigError("model.graph_layers, model.queue and model.freeze_prototypes must be >= 0")
         if m.state_dim % m.heads:
             raise ConfigError(f"model.state_dim ({m.state_dim}) must be divisible by model.heads ({m.heads})")
+        if m.encoder == "cnn" and (m.encoder_params or m.encoder_weights):
+            raise ConfigError("model.encoder_params and model.encoder_weights are for a registered encoder such as "
+                              "salt_frames; model.encoder 'cnn' takes model.width and model.feature_dim")
+        fixed = sorted({"in_channels", "feature_dim"} & set(m.encoder_params))
+        if fixed:
+            raise ConfigError(f"model.encoder_params: {fixed} are set by SurgFUTR (3 RGB channels, model.feature_dim); "
+                              f"remove them")
         if m.transition != "pair":
             raise ConfigError(f"model.transition must be 'pair' (K² current x future state classes), "
                               f"got {m.transition!r}")

@@ -25,12 +25,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medkd.errors import ConfigError
 from medkd.methods.surgfutr.config import SurgFUTRConfig, Variant
 from medkd.methods.surgfutr.modules import (
     ActDyn,
@@ -43,18 +46,63 @@ from medkd.methods.surgfutr.modules import (
 )
 from medkd.methods.surgfutr.sinkhorn import Prototypes
 
-__all__ = ["Branch", "Student", "Teacher", "build_encoder"]
+__all__ = ["Branch", "Student", "Teacher", "build_encoder", "encoder_kwargs"]
+
+logger = logging.getLogger(__name__)
+
+
+def encoder_kwargs(cfg: SurgFUTRConfig) -> dict[str, Any]:
+    """The factory keywords of the frame encoder: ``in_channels=3``; ``cnn``: ``feature_dim`` and ``width``; another
+    encoder: ``feature_dim`` and ``image_size`` (``data.frame_size``) when its factory takes them, then
+    ``model.encoder_params``.
+
+    Example:
+        >>> from medkd.config import config_from_dict
+        >>> cfg = config_from_dict(SurgFUTRConfig, {"model": {"encoder": "salt_frames", "encoder_params": {"dim": 32}}})
+        >>> encoder_kwargs(cfg)
+        {'in_channels': 3, 'feature_dim': 128, 'image_size': [64, 64], 'dim': 32}
+    """
+    from medkd.nets import NETS
+
+    m = cfg.model
+    name = "surgfutr_cnn" if m.encoder == "cnn" else m.encoder
+    kwargs: dict[str, Any] = {"in_channels": 3}
+    if name == "surgfutr_cnn":
+        kwargs.update(feature_dim=m.feature_dim, width=m.width)
+    else:
+        accepted = inspect.signature(NETS.get(name)).parameters
+        filled = {"feature_dim": m.feature_dim, "image_size": [int(s) for s in cfg.data.frame_size]}
+        kwargs.update({k: v for k, v in filled.items() if k in accepted})
+    kwargs.update(m.encoder_params)
+    return kwargs
 
 
 def build_encoder(cfg: SurgFUTRConfig) -> nn.Module:
-    """The registered clip encoder ``cfg.model.encoder`` (``cnn`` is ``surgfutr_cnn``), per-frame output."""
+    """The registered clip encoder ``cfg.model.encoder`` (``cnn`` is ``surgfutr_cnn``), per-frame output, built with
+    :func:`encoder_kwargs`; with ``model.encoder_weights`` its ``encoder`` starts from a SALT-pretrained one
+    (:func:`~medkd.methods.surgfutr.pretrained.load_salt_encoder`).
+
+    Raises:
+        ConfigError: keywords the encoder rejects, or SALT weights that are missing, unreadable or do not fit.
+    """
     from medkd.nets import create_net
 
     name = "surgfutr_cnn" if cfg.model.encoder == "cnn" else cfg.model.encoder
-    kwargs: dict[str, Any] = {"in_channels": 3}
+    kwargs = encoder_kwargs(cfg)
     if name == "surgfutr_cnn":
-        kwargs.update(feature_dim=cfg.model.feature_dim, width=cfg.model.width)
-    return create_net(name, **kwargs)
+        net = create_net(name, **kwargs)
+    else:
+        try:
+            net = create_net(name, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model.encoder {name!r} with {kwargs}: {err} (check model.encoder_params and "
+                              f"data.frame_size)") from None
+    if cfg.model.encoder_weights:
+        from medkd.methods.surgfutr.pretrained import load_salt_encoder
+
+        file = load_salt_encoder(net, cfg.model.encoder_weights)
+        logger.info("SurgFUTR frame encoder %r starts from the SALT encoder %s", name, file)
+    return net
 
 
 class Branch(nn.Module):

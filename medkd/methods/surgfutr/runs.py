@@ -108,7 +108,10 @@ def load_student(run: str | Path, device: Any = "cpu", checkpoint: str = "best")
     state = load_checkpoint(path).get("student")
     if state is None:
         raise DataError(path, "the checkpoint has no 'student' weights")
-    student = Student(cfg, classes.layout)
+    from dataclasses import replace
+
+    # the checkpoint holds every weight: the SALT file model.encoder_weights names is not read (nor needed) again
+    student = Student(replace(cfg, model=replace(cfg.model, encoder_weights="")), classes.layout)
     try:
         student.load_state_dict(state)
     except RuntimeError as err:
