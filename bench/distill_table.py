@@ -14,7 +14,15 @@ small ``train`` split whose labels are 20 % noisy, with the same optimiser, sche
 Acceptance: KD and DKD beat scratch by more than one standard deviation; a plugin more than 2 sd below scratch is
 flagged.
 
-Writes bench/results/distill_table.{md,json,csv}.
+Strategy rows (``STRATEGY_ROWS``: borup_sd, snapshot_teachers, partition_students, mst_distill, m2mkd, coconut,
+salt) run on the same data written with its paired second modality and a CSV datalist, each against its own
+baseline (scratch, KD, fine-tuning, or the random-init probe), paired by seed.
+
+Writes bench/results/distill_table.{md,json,csv} (``--out`` to change; ``--merge`` keeps the saved runs of rows not
+run now).
+
+    python bench/distill_table.py --rows scratch kd borup_sd snapshot_teachers partition_students mst_distill \
+        m2mkd coconut salt --out bench/results/distill_strategies   # the strategy table (about 40 min)
 
     python bench/distill_table.py                 # 3 seeds, all plugins (about 15 min on 2 cores)
     python bench/distill_table.py --quick         # 1 seed, few iterations, every plugin (smoke, ~1 min)

@@ -67,6 +67,9 @@ def run_row(name: str, data: Path, teacher: Path, out: Path, iterations: int, se
     from medkd import api
 
     spec = ROWS[name]
+    done = out / "bench_row.json"  # a finished run is read back (resumable); delete it to rerun
+    if done.is_file():
+        return json.loads(done.read_text())
     overrides = [f"experiment.seed={seed}", f"optim.iterations={iterations}", "experiment.device=cpu",
                  f"eval.val_interval={max(1, iterations // 4)}"]
     if spec["teacher"]:
@@ -77,7 +80,15 @@ def run_row(name: str, data: Path, teacher: Path, out: Path, iterations: int, se
     started = time.perf_counter()
     report = api.distill_tool(name, APPS / spec["config"], data, out, overrides=overrides, params=params,
                               progress=False)
-    wall = time.perf_counter() - started
+    result = read_result(name, report, seed, time.perf_counter() - started, kd_runs)
+    done.write_text(json.dumps(result))
+    return result
+
+
+def read_result(name: str, report: dict[str, Any], seed: int, wall: float, kd_runs: dict[int, float],
+                ) -> dict[str, Any]:
+    """The table's numbers from utility ``name``'s report (``OUT/<name>.json``)."""
+    spec = ROWS[name]
     baseline = kd_runs[seed] if spec["baseline"] == "table:kd" else float(_path(report, spec["baseline"]))
     result = {"row": name, "seed": seed, "metric": float(_path(report, spec["metric"])), "baseline": baseline,
               "wall_s": round(wall, 1)}
