@@ -45,7 +45,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -405,31 +405,18 @@ class SALT(Strategy):
         seconds: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        teacher_file = folder / "teacher.pt"
-        if ctx.resume and teacher_file.is_file():
-            saved = torch.load(teacher_file, map_location=ctx.device, weights_only=True)
-            teacher.load_state_dict(saved["encoder"])
-            teacher_losses = list(saved["losses"])
-        else:
-            teacher_losses = train_pixel_teacher(teacher, decoder, images, self._schedule(ctx, self.teacher_iterations),
-                                                 norm_pix=self.norm_pix) if self.teacher_iterations else []
-            _save(teacher_file, {"encoder": teacher.state_dict(), "decoder": decoder.state_dict(),
-                                 "losses": teacher_losses, "net_params": teacher_params})
+        teacher_losses = _stage(
+            folder / "teacher.pt", teacher, ctx, lambda: train_pixel_teacher(
+                teacher, decoder, images, self._schedule(ctx, self.teacher_iterations), norm_pix=self.norm_pix,
+            ) if self.teacher_iterations else [], {"decoder": decoder, "net_params": teacher_params})
         seconds["teacher"] = round(time.perf_counter() - t0, 3)
         teacher.eval().requires_grad_(False)
 
         t0 = time.perf_counter()
-        student_file = folder / "student.pt"
-        if ctx.resume and student_file.is_file():
-            saved = torch.load(student_file, map_location=ctx.device, weights_only=True)
-            student.load_state_dict(saved["encoder"])
-            student_losses = list(saved["losses"])
-        else:
-            student_losses = train_latent_student(student, predictor, teacher, images,
-                                                  self._schedule(ctx, self.student_iterations)
-                                                  ) if self.student_iterations else []
-            _save(student_file, {"encoder": student.state_dict(), "predictor": predictor.state_dict(),
-                                 "losses": student_losses, "net_params": params})
+        student_losses = _stage(
+            folder / "student.pt", student, ctx, lambda: train_latent_student(
+                student, predictor, teacher, images, self._schedule(ctx, self.student_iterations),
+            ) if self.student_iterations else [], {"predictor": predictor, "net_params": params})
         seconds["student"] = round(time.perf_counter() - t0, 3)
 
         torch.manual_seed(seed + 1)
@@ -467,6 +454,20 @@ class SALT(Strategy):
         evaluated) with and without pretraining, parameter counts (``sizes``) and seconds per stage (not under
         ``params``: the runner stores ``distill.strategy_params`` there)."""
         return dict(self._summary)
+
+
+def _stage(file: Path, encoder: nn.Module, ctx: StrategyContext, train: Callable[[], list[float]],
+           extra: dict[str, Any]) -> list[float]:
+    """One pretraining stage: read back from ``file`` on ``--resume``, else ``train()`` and save ``encoder``, its
+    losses and ``extra`` (modules saved as state dicts) to ``file``; returns the stage's losses."""
+    if ctx.resume and file.is_file():
+        saved = torch.load(file, map_location=ctx.device, weights_only=True)
+        encoder.load_state_dict(saved["encoder"])
+        return list(saved["losses"])
+    losses = train()
+    _save(file, {"encoder": encoder.state_dict(), "losses": losses,
+                 **{k: v.state_dict() if isinstance(v, nn.Module) else v for k, v in extra.items()}})
+    return losses
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
