@@ -16,7 +16,7 @@ from typing import Any
 __all__ = [
     "bcp_train", "bcp_eval", "bcp_predict", "gt_train", "gt_stage", "gt_eval", "gt_predict",
     "surgfutr_train", "surgfutr_eval", "surgfutr_predict", "surgfutr_stream", "distill_run", "distill_list",
-    "distill_list_modules", "distill_eval", "distill_tool", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
+    "distill_list_modules", "distill_eval", "distill_predict", "distill_tool", "pipeline_run", "bundle_export", "bundle_verify", "bundle_info", "app",
     "demo",
 ]
 
@@ -226,6 +226,51 @@ def distill_eval(
     from medkd.distill.evaluate import evaluate_run
 
     return evaluate_run(run, data_root, split=split, json=json, checkpoint=checkpoint, progress=progress)
+
+
+def distill_predict(
+    model: str | Path, images: Sequence[str | Path] = (), *, out: str | Path, datalist: str | Path | None = None,
+    split: str | None = None, meta: Sequence[str] | dict[str, str] = (), device: str = "auto", trust: bool = False,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Classify image files with a classification run or bundle (routed ones by their key) into the CSV ``out``.
+
+    Args:
+        model: a distill classification run (a ``partition_students`` run routes) or its bundle.
+        images: image files (PNG/JPEG/NIfTI); ``meta`` applies to each.
+        datalist: a CSV with an ``image`` column (relative to the CSV) and metadata columns (the routing key).
+        split: only the datalist rows of this ``split``.
+        meta: ``KEY=VALUE`` strings or a dict: metadata of every file (a datalist's own columns win).
+
+    Returns:
+        ``{"ok": n, "failed": n}``; failed files are rows with their error (see
+        :func:`medkd.distill.predict.predict_to_csv`).
+
+    Raises:
+        MedkdError: no input, or a model that is not a classification model. DataError: an unreadable datalist.
+    """
+    from medkd.distill.predict import datalist_files, predict_to_csv
+    from medkd.errors import ConfigError, MedkdError
+    from medkd.inference import load_predictor
+
+    if isinstance(meta, dict):
+        common = {str(k): str(v) for k, v in meta.items()}
+    else:
+        pairs = [item.partition("=") for item in meta]
+        bad = [item for item, (k, eq, _) in zip(meta, pairs) if not k or not eq]
+        if bad:
+            raise ConfigError(f"--meta takes KEY=VALUE, got {bad[0]!r}")
+        common = {k: v for k, _, v in pairs}
+    files = [(Path(p), dict(common)) for p in images]
+    if datalist is not None:
+        files += [(p, {**common, **m}) for p, m in datalist_files(datalist, split)]
+    if not files:
+        raise MedkdError("nothing to classify: give image files or --datalist")
+    predictor = load_predictor(model, device, trust=trust)
+    if predictor.kind != "classification":
+        raise MedkdError(f"{model} is a {predictor.kind} model; medkd distill predict takes classification models "
+                         "(segmentation: medkd pipeline run or medkd bcp predict)")
+    return predict_to_csv(predictor, files, out, progress=progress)
 
 
 def distill_tool(

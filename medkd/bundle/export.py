@@ -167,7 +167,7 @@ def spec_of_run(run: str | Path) -> BundleSpec:
     from medkd.runs import read_run_info
 
     info = read_run_info(run)
-    spec = get_bundle_spec(info["method"], run)
+    spec = get_bundle_spec(info["method"], run, info["kind"])
     if spec.kind != info["kind"]:
         logger.warning("%s: run.json says kind %r, the bundle spec of %r says %r", run, info["kind"], spec.method,
                        spec.kind)
@@ -196,7 +196,7 @@ def _build(
     }
     meta = build_metadata(
         name=out.name, version=version, description=description or default_description, task=task,
-        references=spec.references, labels=labels_from_names(names), card=card,
+        references=spec.references, labels=labels_from_names(names, background=spec.background), card=card,
         network_data_format=spec.network_data_format(model, names, card, getattr(model.network, "size_divisor", None)),
         medkd_block=medkd_block, intended_use=spec.intended_use,
     )

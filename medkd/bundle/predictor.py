@@ -145,7 +145,7 @@ def _loader(path: Path, meta: dict[str, Any]) -> Callable[..., Predictor]:
 
     info = _mapping(meta.get("medkd"))
     method, kind = info.get("method"), info.get("kind", "segmentation")
-    spec = find_bundle_spec(method) if isinstance(method, str) else None
+    spec = find_bundle_spec(method, kind if isinstance(kind, str) else None) if isinstance(method, str) else None
     if spec is not None and spec.predictor is not None:
         return spec.predictor
     if not isinstance(kind, str) or kind not in BUNDLE_PREDICTORS:

@@ -672,7 +672,8 @@ def _register_method(meta: dict[str, Any]) -> None:
     method = info.get("method")
     if isinstance(method, str):
         try:
-            find_bundle_spec(method)
+            kind = info.get("kind")
+            find_bundle_spec(method, kind if isinstance(kind, str) else None)
         except ImportError as err:
             logger.warning("the bundle spec of method %r cannot be imported: %s", method, err)
 

@@ -269,7 +269,8 @@ def _skipped(meta: dict[str, Any]) -> tuple[str | None, frozenset[str]]:
     if not isinstance(method, str):
         return None, frozenset()
     try:
-        spec = find_bundle_spec(method)
+        kind = info.get("kind")
+        spec = find_bundle_spec(method, kind if isinstance(kind, str) else None)
     except ImportError as err:
         logger.warning("the bundle spec of method %r cannot be imported (%s): running every check", method, err)
         return method, frozenset()

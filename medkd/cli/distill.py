@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``medkd distill run|list|list-modules|eval|search|tool``: knowledge distillation from one YAML experiment.
+"""``medkd distill run|list|list-modules|eval|predict|search|tool``: knowledge distillation from one YAML experiment.
 
 The ``distill`` method's ``Method.cli`` (:mod:`medkd.methods.distilled`); each handler calls one :mod:`medkd.api`
 function.
@@ -45,6 +45,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", default=None, help="write the metrics here")
     ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
     ev.set_defaults(handler=_eval)
+
+    pr = dsub.add_parser("predict", help="classify image files with a classification run or bundle (routed by key)")
+    pr.add_argument("model", help="classification run folder (a partition_students run routes) or its bundle")
+    pr.add_argument("images", nargs="*", help="image files (PNG/JPEG/NIfTI)")
+    pr.add_argument("--datalist", default=None, help="CSV with an 'image' column and metadata columns (the key)")
+    pr.add_argument("--split", default=None, help="only the datalist rows of this split")
+    pr.add_argument("--meta", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="metadata of every image, e.g. modality=MR (the routing key of a routed model)")
+    pr.add_argument("--out", required=True, help="predictions CSV to write (a row per image, failures included)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    pr.add_argument("--trust-bundle", action="store_true", help="load a bundle whose configs hold code outside "
+                                                                 "medkd's allowlist (only bundles you trust)")
+    pr.set_defaults(handler=_predict)
 
     for command, text in (("search", "search a student architecture (diswot, n2n) before training"),
                           ("tool", "run a teacher tool (capacity_gap, annotator, pvd, curriculum)")):
@@ -127,6 +140,17 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(f"metrics written to {args.json}")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medkd import api
+
+    counts = api.distill_predict(args.model, args.images, out=args.out, datalist=args.datalist, split=args.split,
+                                 meta=args.meta, device=args.device, trust=args.trust_bundle,
+                                 progress=not args.quiet)
+    print(f"{counts['ok']} image(s) classified, {counts['failed']} failed (see the error column); predictions "
+          f"written to {args.out}")
+    return 1 if counts["failed"] and not counts["ok"] else 0
 
 
 def _tool(args: argparse.Namespace) -> int:

@@ -61,6 +61,7 @@ from medkd.keys import Keys
 
 __all__ = [
     "CLASSIFICATION_IMAGE_SUFFIXES",
+    "resize_image",
     "ClassificationDataset",
     "ClassificationItem",
     "ClassificationSplit",
@@ -237,6 +238,27 @@ def load_image(path: str | Path) -> np.ndarray:
 
     array = read_volume(path).array  # (z, y, x) float32; a 2-D file gives (1, y, x)
     return np.ascontiguousarray(array if array.shape[0] == 1 else array[None])
+
+
+def resize_image(image: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """``image`` ``(C, *spatial)`` resized to ``size`` (bilinear in 2-D, trilinear in 3-D, ``align_corners=False``);
+    unchanged if it has that size already. The classification datasets' and predictors' one resize.
+
+    Raises:
+        ValueError: ``size`` has another number of axes than the image's spatial axes.
+
+    Example:
+        >>> resize_image(torch.ones(1, 4, 6), (8, 3)).shape
+        torch.Size([1, 8, 3])
+    """
+    dims = image.ndim - 1
+    target = (size,) * dims if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(target) != dims:
+        raise ValueError(f"image has {dims} spatial axes {tuple(image.shape[1:])}, size has {len(target)}")
+    if tuple(image.shape[1:]) == target:
+        return image
+    mode = "bilinear" if dims == 2 else "trilinear"
+    return F.interpolate(image[None], size=target, mode=mode, align_corners=False)[0]
 
 
 def _check_channels(items: Sequence[ClassificationItem], source: Path) -> int:
@@ -464,14 +486,10 @@ class ClassificationDataset(Dataset):
         return len(self.split.items)
 
     def _resize(self, image: torch.Tensor, path: Path) -> torch.Tensor:
-        dims = image.ndim - 1
-        size = (self.size,) * dims if isinstance(self.size, int) else tuple(int(s) for s in self.size or ())
-        if len(size) != dims:
-            raise DataError(path, f"image has {dims} spatial axes {tuple(image.shape[1:])}, size has {len(size)}")
-        if tuple(image.shape[1:]) == size:
-            return image
-        mode = "bilinear" if dims == 2 else "trilinear"
-        return F.interpolate(image[None], size=size, mode=mode, align_corners=False)[0]
+        try:
+            return resize_image(image, self.size if self.size is not None else image.shape[1:])
+        except ValueError as err:
+            raise DataError(path, str(err)) from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.split.items[index]

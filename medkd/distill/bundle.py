@@ -3,7 +3,8 @@
 
 A distilled segmentation student is stored in BCP's run format (:mod:`medkd.distill.students`), so its bundle is
 written by BCP's spec with the ``student`` stage, the distillation references and a model card naming the
-teacher and the terms.
+teacher and the terms. Importing this module also registers the ``distill`` spec for classification runs, routed
+``partition_students`` runs included (:mod:`medkd.distill.classifier_bundle`).
 
 Example:
     >>> DISTILL_BUNDLE_SPEC.method, DISTILL_BUNDLE_SPEC.stages
@@ -15,15 +16,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from medkd.distill.classifier_bundle import DISTILL_CLASSIFIER_BUNDLE_SPEC, DISTILL_REFERENCE
 from medkd.methods.bcp.bundle import BCP_BUNDLE_SPEC
 from medkd.methods.bundle_spec import ExportModel, ModelCardText
 
-__all__ = ["DISTILL_BUNDLE_SPEC", "DISTILL_REFERENCE"]
-
-DISTILL_REFERENCE = (
-    "Hinton G., Vinyals O., Dean J. Distilling the Knowledge in a Neural Network. NIPS Deep Learning Workshop "
-    "2014. https://arxiv.org/abs/1503.02531"
-)
+__all__ = ["DISTILL_BUNDLE_SPEC", "DISTILL_CLASSIFIER_BUNDLE_SPEC", "DISTILL_REFERENCE"]
 
 
 def _experiment(model: ExportModel) -> dict[str, Any]:

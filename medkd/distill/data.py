@@ -88,12 +88,9 @@ class ClassificationData:
 
         self.cfg, self.root = cfg, Path(root)
         data = cfg.data
-        datalist = None
-        if data.layout == Layout.CSV:
-            datalist = Path(data.datalist or "")
-            datalist = datalist if datalist.is_absolute() else self.root / datalist
+        datalist = Path(data.datalist or "") if data.layout == Layout.CSV else None  # relative to root, or absolute
         self._read = lambda split: read_classification_split(self.root, split, datalist=datalist)
-        self._datalist = datalist
+        self._datalist = self.root / datalist if datalist is not None else None
         self.train = self._read(data.train_split)
         self.class_names = tuple(self.train.class_names)
         self.num_classes = len(self.class_names)

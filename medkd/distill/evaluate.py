@@ -41,9 +41,23 @@ def read_experiment(run: str | Path) -> Any:
         raise DataError(path, f"unreadable experiment ({err})") from None
 
 
+def _evaluate_routed(run: str | Path, data: Any, split: str, checkpoint: str) -> dict[str, Any]:
+    """The metrics of a ``partition_students`` run's routed model (each case through its key's student)."""
+    from medkd.distill.data import classification_metrics
+    from medkd.distill.routing import load_partitioned, predict_routed
+
+    model = load_partitioned(run, checkpoint)
+    images, labels, _ = data.tensors(split)
+    keys = [m.get(model.key, "") for m in data.metadata(split)]
+    summary = classification_metrics(predict_routed(model, images, keys).argmax(1), labels, data.num_classes)
+    summary.update(class_names=list(data.class_names), routed_by=model.key, partitions=list(model.values))
+    return summary
+
+
 def evaluate_run(run: str | Path, data_root: str | Path, *, split: str = "test", json: str | Path | None = None,
                  checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
-    """Evaluate the run's ``best`` (or ``last``) student on ``split`` and write ``json`` if given.
+    """Evaluate the run's ``best`` (or ``last``) student on ``split`` and write ``json`` if given; a
+    ``partition_students`` run is evaluated routed (each case through the student of its key value).
 
     Raises:
         DataError: not a distill run, a missing checkpoint, unreadable data.
@@ -62,11 +76,16 @@ def evaluate_run(run: str | Path, data_root: str | Path, *, split: str = "test",
         from medkd.distill.data import ClassificationData
         from medkd.distill.students import load_classifier, student_checkpoint
 
+        from medkd.distill.routing import ROUTING_FILE
+
         cfg = read_experiment(run)
-        _, net = load_classifier(run, checkpoint)
         data = ClassificationData(cfg, data_root)
-        with torch.inference_mode():
-            summary = data.evaluate(net, split, torch.device("cpu"))
+        if (Path(run) / ROUTING_FILE).is_file():
+            summary = _evaluate_routed(run, data, split, checkpoint)
+        else:
+            _, net = load_classifier(run, checkpoint)
+            with torch.inference_mode():
+                summary = data.evaluate(net, split, torch.device("cpu"))
         summary.update(run=str(run), split=split, checkpoint=str(student_checkpoint(run, checkpoint)),
                        method="distill")
     if json is not None:

@@ -94,6 +94,14 @@ class PartitionedStudent(nn.Module):
         self.students = nn.ModuleDict({str(v): m for v, m in students.items()})
         self._index = {v: i for i, v in enumerate(self.values)}
 
+    def _keys_from_meta(self, x: Tensor) -> list[Any]:
+        meta = getattr(x, "meta", None)
+        if not isinstance(meta, Mapping) or self.key not in meta:
+            raise ValueError(f"this model routes each case by its {self.key!r}: pass keys, or a MetaTensor whose "
+                             f"metadata has {self.key!r} (bundles: a sidecar JSON per image with {self.key!r})")
+        value = meta[self.key]
+        return list(value) if isinstance(value, (list, tuple, np.ndarray, Tensor)) else [value] * len(x)
+
     def codes(self, keys: Sequence[Any] | Tensor | np.ndarray) -> Tensor:
         """The partition index ``(B,)`` (long, CPU) of each case's key value.
 
@@ -113,14 +121,21 @@ class PartitionedStudent(nn.Module):
         table = np.asarray([self._index[str(u)] for u in unique], dtype=np.int64)  # one entry per distinct value
         return torch.from_numpy(table[inverse.reshape(-1)])
 
-    def forward(self, x: Tensor, keys: Sequence[Any] | Tensor | np.ndarray) -> Tensor:
+    def forward(self, x: Tensor, keys: Sequence[Any] | Tensor | np.ndarray | None = None) -> Tensor:
         """Outputs ``(B, *out)`` of ``x`` ``(B, C, *spatial)``, row ``b`` from the student of ``keys[b]``.
 
-        Cases are grouped by value: one forward per partition present in the batch.
+        Cases are grouped by value: one forward per partition present in the batch. Without ``keys``, ``x`` must be a
+        MONAI ``MetaTensor`` whose metadata holds :attr:`key` (one value per case, as a bundle's
+        ``LoadClassificationImaged`` puts it there from each image's sidecar JSON).
 
         Raises:
-            ValueError: ``keys`` and ``x`` differ in length. UnknownPartitionError: a value without a student.
+            ValueError: ``keys`` and ``x`` differ in length, or no keys and none in ``x``'s metadata.
+            UnknownPartitionError: a value without a student.
         """
+        if keys is None:
+            keys = self._keys_from_meta(x)
+        if hasattr(x, "as_tensor"):  # a MetaTensor: route on plain tensors (its batch metadata is not indexed)
+            x = x.as_tensor()
         codes = self.codes(keys)
         if len(codes) != len(x):
             raise ValueError(f"{len(codes)} keys for {len(x)} cases")

@@ -95,14 +95,22 @@ def _colour(value: int) -> tuple[int, int, int]:
     return r, g, b
 
 
-def labels_from_names(names: Sequence[str]) -> list[LabelInfo]:
-    """Foreground labels from a class-name list whose index is the label value (index 0 is background)."""
+def labels_from_names(names: Sequence[str], *, background: bool = True) -> list[LabelInfo]:
+    """Labels from a class-name list whose index is the label value: the foreground ones (index 0 is background),
+    or with ``background=False`` every class (a classifier's classes).
+
+    Example:
+        >>> [(label.value, label.name) for label in labels_from_names(["bg", "LV"])]
+        [(1, 'LV')]
+        >>> [label.value for label in labels_from_names(["benign", "malignant"], background=False)]
+        [0, 1]
+    """
     labels = []
     for value, name in enumerate(names):
-        if value == 0:
+        if value == 0 and background:
             continue
         code, category = KNOWN_CODES.get(name.lower(), (TISSUE, TISSUE))
-        labels.append(LabelInfo(value, name, code, category, _colour(value)))
+        labels.append(LabelInfo(value, name, code, category, _colour(value + (not background))))
     return labels
 
 

@@ -12,6 +12,11 @@ A method registers its spec with :func:`register_bundle_spec` in its own ``bundl
 ``medkd.methods.<method>.bundle`` on first use, so nothing is imported before a bundle is written or loaded. This
 module sits in the methods layer: it imports nothing from :mod:`medkd.bundle`.
 
+A method whose runs are of several kinds (``distill``: segmentation and classification students) registers one
+spec per extra kind with ``register_bundle_spec(spec, variant=True)`` (key ``"<method>/<kind>"``), from the module
+that registers its main spec; :func:`find_bundle_spec` with ``kind`` picks it (runs say their kind in ``run.json``,
+bundles in ``metadata.json`` ``medkd.kind``).
+
 Example:
     >>> nd = network_data_format(image_tensor(spatial_shape=["16*n", "16*n"], modality="CT"),
     ...                          detection_pred(["background", "nodule"]))
@@ -47,6 +52,7 @@ __all__ = [
     "network_data_format",
     "register_bundle_spec",
     "segmentation_pred",
+    "variant_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +183,8 @@ class BundleSpec:
             ``medkd.bundle.components``; medkd's trust check allowlists them (installed code only).
         predictor: ``predictor(path, meta, network, inferer, device)`` -> a ``Predictor`` for a bundle of this
             method; None: the kind's loader.
+        background: the first of :attr:`label_names` is background and not listed in ``label_classes``
+            (segmentation, detection); false: every name is a class (classification).
     """
 
     method: str
@@ -200,6 +208,7 @@ class BundleSpec:
     skip_checks: frozenset[str] = field(default_factory=frozenset)
     component_modules: tuple[str, ...] = ()
     predictor: Callable[..., Any] | None = None
+    background: bool = True
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -226,9 +235,24 @@ class BundleSpec:
 BUNDLE_SPECS: Registry = Registry("bundle spec")
 
 
-def register_bundle_spec(spec: BundleSpec, *aliases: str) -> BundleSpec:
-    """Register ``spec`` under its method name (and ``aliases``, e.g. a method's variants); returns it."""
-    for name in (spec.method, *aliases):
+def variant_key(method: str, kind: str) -> str:
+    """The registry key of a method's spec for runs of another ``kind`` than its main spec's.
+
+    Example:
+        >>> variant_key("distill", "classification")
+        'distill/classification'
+    """
+    return f"{method}/{kind}"
+
+
+def register_bundle_spec(spec: BundleSpec, *aliases: str, variant: bool = False) -> BundleSpec:
+    """Register ``spec`` under its method name (and ``aliases``, e.g. a method's variants); returns it.
+
+    With ``variant``, ``spec`` is the method's spec for runs of ``spec.kind`` only (key :func:`variant_key`); its
+    main spec stays the one registered under the method name.
+    """
+    names = (variant_key(spec.method, spec.kind), *aliases) if variant else (spec.method, *aliases)
+    for name in names:
         BUNDLE_SPECS.register(name)(spec)  # type: ignore[arg-type]  # the registry holds specs, not factories
     return spec
 
@@ -249,9 +273,20 @@ def _from_methods_registry(method: str) -> BundleSpec | None:
     return found if isinstance(found, BundleSpec) else None
 
 
-def find_bundle_spec(method: str) -> BundleSpec | None:
+def find_bundle_spec(method: str, kind: str | None = None) -> BundleSpec | None:
     """The spec of ``method``: registered, named by its ``METHODS`` record, or registered on importing
-    ``medkd.methods.<method>.bundle``; None if none of these gives one."""
+    ``medkd.methods.<method>.bundle``; None if none of these gives one.
+
+    With ``kind`` (a run's or bundle's kind), the method's variant for that kind if it registers one (see the module
+    docstring), else its main spec.
+    """
+    spec = _main_spec(method)
+    if kind is not None and (spec is None or spec.kind != kind) and variant_key(method, kind) in BUNDLE_SPECS:
+        return BUNDLE_SPECS.get(variant_key(method, kind))
+    return spec
+
+
+def _main_spec(method: str) -> BundleSpec | None:
     if method in BUNDLE_SPECS:
         return BUNDLE_SPECS.get(method)
     if not method.isidentifier():
@@ -269,16 +304,16 @@ def find_bundle_spec(method: str) -> BundleSpec | None:
     return BUNDLE_SPECS.get(method) if method in BUNDLE_SPECS else None
 
 
-def get_bundle_spec(method: str, run: str | Path) -> BundleSpec:
+def get_bundle_spec(method: str, run: str | Path, kind: str | None = None) -> BundleSpec:
     """:func:`find_bundle_spec`, or a :class:`~medkd.errors.DataError` naming ``run`` and the method.
 
     Example:
         >>> get_bundle_spec("bcp", "runs/x").kind
         'segmentation'
     """
-    spec = find_bundle_spec(method)
+    spec = find_bundle_spec(method, kind)
     if spec is None:
-        known = ", ".join(BUNDLE_SPECS.list()) or "none"
+        known = ", ".join(n for n in BUNDLE_SPECS.list() if "/" not in n) or "none"
         raise DataError(run, f"method {method!r} provides no bundle spec, so its runs cannot be exported as MONAI "
                              f"bundles (methods with one: {known})")
     return spec

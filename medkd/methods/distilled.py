@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ``distill`` method record: students distilled by :mod:`medkd.distill` are normal runs.
 
-``medkd distill run|list|list-modules|eval``; a distilled segmentation student (``run.json`` kind
+``medkd distill run|list|list-modules|eval|predict``; a distilled segmentation student (``run.json`` kind
 ``segmentation``, BCP run format) loads for prediction, pipelines, the app and bundle export through the
-segmentation tools. Parts are ``"module:attribute"`` references, so registering imports no torch.
+segmentation tools; a classification student (kind ``classification``, registered here:
+:mod:`medkd.methods.classification_kind`), and a ``partition_students`` run routed by its metadata key, load as
+``classification`` predictors and export as classification bundles. Parts are ``"module:attribute"`` references,
+so registering imports no torch.
 
 Example:
     >>> from medkd.methods import get_method
@@ -13,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from medkd.methods import classification_kind  # noqa: F401  # registers the classification kind
 from medkd.methods.registry import Method, register_method
 
 __all__ = ["DISTILL"]
@@ -24,7 +28,8 @@ DISTILL = register_method(
         config_class="medkd.distill.config:DistillConfig",
         train="medkd.distill.runner:run_experiment",
         evaluate="medkd.distill.evaluate:evaluate_run",
-        load_predictor="medkd.methods.bcp.predict:load_run_predictor",
+        other_kinds=("classification",),
+        load_predictor="medkd.distill.predict:load_run_predictor",
         cli="medkd.cli.distill:add_parser",
         bundle_spec="medkd.distill.bundle:DISTILL_BUNDLE_SPEC",
         app_view=None,

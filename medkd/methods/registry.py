@@ -78,6 +78,8 @@ class Method:
         app_view: its app view: a registered view name or a ``"module:attribute"`` reference to ``render(ctx)``
             (``None``: the default view of its kind).
         description: one line, shown in ``medkd --help``.
+        other_kinds: further kinds its runs may be (``run.json`` ``kind``); ``load_predictor`` takes them too and the
+            bundle writer picks the method's spec for the run's kind (``distill``: classification students).
     """
 
     name: str
@@ -90,6 +92,12 @@ class Method:
     bundle_spec: Ref = None
     app_view: str | None = None
     description: str = ""
+    other_kinds: tuple[str, ...] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind its runs may be: :attr:`kind` first."""
+        return (self.kind, *self.other_kinds)
 
     def resolve(self, part: str) -> Any:
         """The part called ``part`` (``"train"``, ``"cli"``, ...), imported if it is a reference string.
@@ -145,8 +153,9 @@ def load_run_predictor(run: str | Path, device: torch.device | str | None = None
             f"{name!r} installed?)"
         )
     method = get_method(name)
-    if info["kind"] != method.kind:
-        raise DataError(run, f"run.json says kind {info['kind']!r}, but method {name!r} makes {method.kind!r} models")
+    if info["kind"] not in method.kinds:
+        raise DataError(run, f"run.json says kind {info['kind']!r}, but method {name!r} makes "
+                             f"{' or '.join(map(repr, method.kinds))} models")
     if method.load_predictor is None:
         raise DataError(run, f"method {name!r} cannot load its runs for prediction")
     return method.resolve("load_predictor")(run, device, trust=trust)

@@ -307,3 +307,22 @@ def test_bcp_run_with_run_json_exports_the_bundle_of_a_legacy_run(run_2d, tmp_pa
     legacy = export_bundle(run_2d, tmp_path / "legacy" / "acdc")
     for name in ("configs/metadata.json", "configs/inference.json", "docs/README.md"):
         assert (new / name).read_text() == (legacy / name).read_text(), name
+
+
+def test_a_variant_spec_serves_the_runs_of_its_kind_only(monkeypatch):
+    monkeypatch.setattr(BUNDLE_SPECS, "_items", dict(BUNDLE_SPECS._items))
+    monkeypatch.setattr(BUNDLE_SPECS, "_meta", dict(BUNDLE_SPECS._meta))
+    main_spec = register_bundle_spec(_toy_spec())
+    variant = register_bundle_spec(_toy_spec(kind="classification"), variant=True)
+    assert find_bundle_spec(TOY_METHOD) is main_spec is find_bundle_spec(TOY_METHOD, main_spec.kind)
+    assert find_bundle_spec(TOY_METHOD, "classification") is variant
+    assert find_bundle_spec(TOY_METHOD, "forecasting") is main_spec  # no variant: the main spec
+    with pytest.raises(DataError, match="methods with one") as err:
+        get_bundle_spec("no_such_method", "runs/x")
+    assert "/" not in str(err.value).split("methods with one:")[-1]  # variant keys are not methods
+
+
+def test_distill_classification_runs_find_the_classifier_spec():
+    assert find_bundle_spec("distill").kind == "segmentation"
+    spec = find_bundle_spec("distill", "classification")
+    assert spec.kind == "classification" and not spec.background and spec.predictor is not None

@@ -183,3 +183,160 @@ def test_bad_partitions_fail_before_training(sets: list[str], error: type, messa
         api.distill_run(PRESET, lesions, tmp_path / "bad", progress=False,
                         overrides=[*FAST, f"teacher.checkpoint={plain / 'teacher'}", *sets])
     assert not (tmp_path / "bad" / "partitions").exists()
+
+
+# ---- routed at inference and in bundles --------------------------------------------------------------------------
+def _test_rows(lesions: Path) -> list[dict[str, str]]:
+    with (lesions / "datalist.csv").open(newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == "test"]
+
+
+def _partition_probs(out: Path, value: str, image: torch.Tensor) -> torch.Tensor:
+    """What the run's own partition student gives for one image (the training reader's resize, softmax)."""
+    from medkd.data.classification import resize_image
+
+    _, net = load_classifier(out / "partitions" / value)
+    with torch.no_grad():
+        return torch.softmax(net(resize_image(image, (16, 16))[None]), 1)[0]
+
+
+def test_routed_run_predictor_sends_each_image_to_its_partitions_student(routed: tuple[Path, dict],
+                                                                         lesions: Path) -> None:
+    from medkd.data.classification import load_image
+    from medkd.inference import check_output, load_predictor
+
+    out, _ = routed
+    predictor = load_predictor(out, "cpu")
+    assert predictor.kind == "classification" and predictor.metadata["route_key"] == "modality"
+    assert [label.name for label in predictor.labels] == list(load_partitioned(out).class_names)
+    for row in _test_rows(lesions):
+        image = load_image(lesions / row["image"])
+        got = predictor({"image": image, "modality": row["modality"]})
+        check_output("classification", got, image)
+        assert got["partition"] == row["modality"]
+        want = _partition_probs(out, row["modality"], torch.from_numpy(image))
+        assert torch.allclose(torch.from_numpy(got["probabilities"]), want, atol=1e-6)
+    with pytest.raises(ValueError, match=r"routes each image by 'modality'.*--meta modality=VALUE"):
+        predictor(image)  # no key: no silent fallback to a student
+    with pytest.raises(UnknownPartitionError, match="modality='C'"):
+        predictor({"image": image, "modality": "C"})
+
+
+def test_routed_bundle_routes_like_the_run_in_medkd_and_in_monai_bundle_run(routed: tuple[Path, dict],
+                                                                            lesions: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from medkd.bundle import export_bundle, verify_bundle
+    from medkd.data.classification import load_image
+    from medkd.inference import load_predictor
+
+    out, _ = routed
+    bundle = export_bundle(out, tmp_path / "models" / "msd_routed")
+    failed = [str(r) for r in verify_bundle(bundle) if not r.ok]
+    assert not failed, failed
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["medkd"]["kind"] == "classification" and meta["medkd"]["config"]["route_key"] == "modality"
+    assert [c["value"] for c in meta["label_classes"]] == [0, 1, 2, 3, 4]  # every class, the first included
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["network_def"]["_target_"].endswith("routed_classifier")
+    assert set(inference["network_def"]["students"]) == {"A", "B"}
+    assert "routed by `modality`" in (bundle / "docs" / "README.md").read_text()
+
+    rows = _test_rows(lesions)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for row in rows:  # images with their sidecar JSONs, as monai.bundle run reads the key
+        src = lesions / row["image"]
+        shutil.copy(src, inputs / src.name)
+        (inputs / f"{src.stem}.json").write_text(json.dumps({"modality": row["modality"]}))
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                           "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "eval")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (tmp_path / "eval" / "predictions.csv").open(newline="") as f:
+        written = {r["file"]: r for r in csv.DictReader(f)}
+    assert len(written) == len(rows)
+    from_bundle, from_run = load_predictor(bundle, "cpu"), load_predictor(out, "cpu")
+    for row in rows:
+        name = Path(row["image"]).name
+        image = {"image": load_image(inputs / name), "modality": row["modality"]}
+        a, b = from_bundle(image), from_run(image)
+        assert a["label"] == b["label"] == int(written[name]["label"])
+        assert written[name]["modality"] == a["partition"] == row["modality"]
+        probs = [float(written[name][f"p_{c}"]) for c in load_partitioned(out).class_names]
+        assert max(abs(p - q) for p, q in zip(probs, a["probabilities"])) < 1e-5
+        assert max(abs(p - q) for p, q in zip(b["probabilities"], a["probabilities"])) < 1e-6
+
+
+def test_a_missing_sidecar_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medkd.distill.bundle_components import LoadClassificationImaged
+
+    Image.new("L", (8, 6)).save(tmp_path / "case.png")
+    with pytest.raises(DataError, match=r"case\.json.*routes each image by 'modality'"):
+        LoadClassificationImaged(route_key="modality")({"image": str(tmp_path / "case.png")})
+    (tmp_path / "case.json").write_text('{"site": "x"}')
+    with pytest.raises(DataError, match="has no 'modality'"):
+        LoadClassificationImaged(route_key="modality")({"image": str(tmp_path / "case.png")})
+    (tmp_path / "case.json").write_text('{"modality": "A"}')
+    got = LoadClassificationImaged(route_key="modality")({"image": str(tmp_path / "case.png")})["image"]
+    assert tuple(got.shape) == (1, 6, 8) and got.meta["modality"] == "A"
+
+
+def test_a_plain_classification_run_exports_an_unrouted_classifier_bundle(plain: Path, tmp_path: Path) -> None:
+    from medkd.bundle import export_bundle, verify_bundle
+    from medkd.inference import load_predictor
+
+    bundle = export_bundle(plain, tmp_path / "plain_kd")
+    assert all(r.ok for r in verify_bundle(bundle))
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["network_def"]["_target_"].endswith(".classifier")
+    predictor = load_predictor(bundle, "cpu")
+    assert predictor.metadata["route_key"] is None
+    image = torch.rand(1, 16, 16)
+    _, net = load_classifier(plain)
+    with torch.no_grad():
+        want = torch.softmax(net(image[None]), 1)[0]
+    got = predictor(image.numpy())
+    assert "partition" not in got and torch.allclose(torch.from_numpy(got["probabilities"]), want, atol=1e-6)
+
+
+def test_distill_predict_writes_a_row_per_image_and_reports_failures(routed: tuple[Path, dict], lesions: Path,
+                                                                      tmp_path: Path) -> None:
+    from medkd.cli import main
+
+    out, summary = routed
+    counts = api.distill_predict(out, out=tmp_path / "pred.csv", datalist=lesions / "datalist.csv", split="test",
+                                 progress=False)
+    with (tmp_path / "pred.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert counts == {"ok": 12, "failed": 0} and [r["partition"] for r in rows] == [
+        r["modality"] for r in _test_rows(lesions)]
+    truth = {r["image"]: r["label"] for r in _test_rows(lesions)}
+    accuracy = sum(r["class"] == truth[str(Path(r["file"]).relative_to(lesions))] for r in rows) / len(rows)
+    assert accuracy == pytest.approx(summary["strategy"]["routed"]["test"]["accuracy"])  # the run's own routing
+
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    good = lesions / _test_rows(lesions)[0]["image"]
+    code = main(["--quiet", "distill", "predict", str(out), str(good), str(corrupt), "--meta", "modality=A",
+                 "--out", str(tmp_path / "cli.csv")])
+    with (tmp_path / "cli.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert code == 0 and [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[0]["partition"] == "A" and "corrupt.png" in rows[1]["error"]
+    counts = api.distill_predict(out, [good], out=tmp_path / "nokey.csv", progress=False)
+    assert counts == {"ok": 0, "failed": 1}
+
+
+def test_eval_of_a_routed_run_is_the_routed_accuracy(routed: tuple[Path, dict], lesions: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    out, summary = routed
+    monkeypatch.chdir(lesions.parent)  # a relative data root (the CSV datalist is relative to it)
+    result = api.distill_eval(out, lesions.name, split="test", progress=False)
+    assert result["routed_by"] == "modality" and result["partitions"] == ["A", "B"]
+    assert result["accuracy"] == pytest.approx(summary["strategy"]["routed"]["test"]["accuracy"])

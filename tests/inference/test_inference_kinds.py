@@ -100,3 +100,30 @@ def test_a_new_kind_registers_and_is_checked():
             check_output("counting", 3, [1, 2])
     finally:
         KINDS._items.pop("counting", None)
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ({"probabilities": np.array([0.5, 0.5], np.float32)}, "with 'probabilities' and 'label'"),
+    ({"probabilities": np.array([1.0], np.float32), "label": 0}, ">= 2 classes"),
+    ({"probabilities": np.array([0.7, 0.7], np.float32), "label": 0}, "sum to 1"),
+    ({"probabilities": np.array([0.2, 0.8], np.float32), "label": 2}, r"in \[0, 2\)"),
+    ({"probabilities": np.array([0.2, 0.8], np.float32), "label": True}, "int class index"),
+    ({"probabilities": np.array([0.2, 0.8], np.float32), "label": 0}, "not the most probable"),
+])
+def test_classification_outputs_are_checked(output, message):
+    import medkd.methods  # noqa: F401  # registers the classification kind
+
+    check_output("classification", {"probabilities": np.array([0.2, 0.8], np.float32), "label": 1}, None)
+    with pytest.raises(ValueError, match=message):
+        check_output("classification", output, None)
+
+
+def test_classification_inputs_are_images_or_dicts_with_an_image():
+    import medkd.methods  # noqa: F401
+
+    prepared = get_kind("classification").prepare({"image": [[1, 2], [3, 4]], "site": 3})
+    assert prepared["image"].dtype == np.float32 and prepared["metadata"] == {"site": "3"}
+    with pytest.raises(ValueError, match="needs an 'image' entry"):
+        get_kind("classification").prepare({"img": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match="at least 2 axes"):
+        get_kind("classification").prepare(np.zeros(4))

@@ -66,3 +66,18 @@ def test_the_registry_imports_no_torch():
     code = "import sys, medkd.methods as m; m.get_method('bcp'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_method_may_make_several_kinds_and_its_runs_say_which(tmp_path):
+    from medkd.errors import DataError
+    from medkd.methods import load_run_predictor
+    from medkd.runs import write_run_info
+
+    distill = get_method("distill")
+    assert distill.kinds == ("segmentation", "classification")
+    write_run_info(tmp_path, method="distill", kind="detection")
+    with pytest.raises(DataError, match=r"kind 'detection'.*'segmentation' or 'classification'"):
+        load_run_predictor(tmp_path)
+    write_run_info(tmp_path, method="distill", kind="classification")
+    with pytest.raises(DataError, match="student.json"):  # accepted kind: the classifier loader runs (and finds none)
+        load_run_predictor(tmp_path)
