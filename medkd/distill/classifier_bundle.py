@@ -257,7 +257,6 @@ def _model_card(model: ExportModel) -> ModelCardText:
 
 
 def _predictor(path: Path, meta: dict[str, Any], network: Any, inferer: Any, device: Any) -> Any:
-    from medkd.bundle.layout import WEIGHTS
     from medkd.distill.predict import classification_predictor
 
     config = (meta.get("medkd") or {}).get("config") or {}
@@ -270,7 +269,7 @@ def _predictor(path: Path, meta: dict[str, Any], network: Any, inferer: Any, dev
                                                              "medkd classification bundle")
     return classification_predictor(
         network, class_names=names, image_size=size, name=str(meta.get("name", path.resolve().name)),
-        version=str(meta.get("version", "?")), weights=path / WEIGHTS, source=path, device=device,
+        version=str(meta.get("version", "?")), weights=Path(path) / "models" / "model.pt", source=path, device=device,
         route_key=config.get("route_key"),
         metadata={"method": "distill", "task": meta.get("task"), "description": meta.get("description"),
                   "intended_use": meta.get("intended_use")},
