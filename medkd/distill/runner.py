@@ -2,8 +2,9 @@
 """``medkd distill run``: train a student from a teacher as one YAML experiment says, into a normal run folder.
 
 Steps: read the data (:mod:`medkd.distill.data`); load the teacher (a run or bundle,
-:mod:`medkd.distill.teachers`) or train it first into ``RUN/teacher`` (CE, plus Dice for segmentation); check that
-teacher and student agree (task, classes, output dimensions) and that every term finds the outputs, taps and batch
+:mod:`medkd.distill.teachers`) or train it first into ``RUN/teacher`` (CE, plus Dice for segmentation; not for a
+strategy that builds its own, :attr:`~medkd.distill.strategy.Strategy.owns_teacher`); check that teacher and student
+agree (task, classes, output dimensions) and that every term finds the outputs, taps and batch
 keys it requires; train the student on the shared engine (:class:`~medkd.distill.task.DistillTask`) into
 ``RUN/student``; evaluate its best and last checkpoints; write ``RUN/summary.json``.
 
@@ -230,8 +231,12 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
     teacher: LoadedTeacher | None = None
     summary: dict[str, Any] = {"experiment": cfg.experiment.name, "task": cfg.task, "seed": cfg.experiment.seed,
                                "terms": [t.name for t in cfg.distill.terms]}
+    owns_teacher = strategy is not None and strategy.owns_teacher
     if cfg.teacher.checkpoint:
         teacher = load_teacher(cfg.teacher.checkpoint, device)
+    elif cfg.teacher.net and owns_teacher:
+        logger.info("strategy %s builds its own teacher: teacher.net %s is not trained first",
+                    cfg.distill.strategy, cfg.teacher.net)
     elif cfg.teacher.net:
         teacher_run = out / "teacher"
         logger.info("training the teacher %s first into %s", cfg.teacher.net, teacher_run)
@@ -246,10 +251,11 @@ def run_experiment(cfg: DistillConfig, data_root: str | Path, out: str | Path, *
         teacher = load_teacher(teacher_run, device)
     if teacher is not None:
         _check_teacher(teacher, cfg, data)
-        example = example_batch(data)["image"][:1].to(device)
         summary["teacher"] = {"source": str(teacher.source), "net": teacher.net,
-                              "params": count_parameters(teacher.network),
-                              "latency_ms": round(_latency_ms(teacher.network, example), 3)}
+                              "params": count_parameters(teacher.network)}
+    if teacher is not None and not owns_teacher:  # the strategy feeds its own teacher (Strategy.owns_teacher)
+        example = example_batch(data)["image"][:1].to(device)
+        summary["teacher"]["latency_ms"] = round(_latency_ms(teacher.network, example), 3)
         if cfg.eval.test and cfg.eval.teacher:
             with torch.inference_mode():
                 summary["teacher"]["test"] = data.evaluate(teacher.network, cfg.data.test_split, device)

@@ -9,13 +9,13 @@ with ``@register_strategy("key")`` and chosen in the experiment YAML::
       strategy_params: {alpha: 0.6, generations: 5}
       terms: [...]            # the terms each training of the strategy uses (where it uses them)
 
-The runner builds the data and the teacher as for any experiment, then calls :meth:`Strategy.run` with a
-:class:`StrategyContext`: the strategy trains one or more networks through :meth:`StrategyContext.train` (the same
-engine, checkpoints, resume and summaries as a plain run) and returns the summary of its final student, which must
-be stored as a normal run in ``ctx.out`` (``RUN/student/best.pt``). Inside one training the strategy's loop hooks
-run (pass ``hooks=self``): :meth:`~Strategy.setup`, :meth:`~Strategy.pre_epoch`, :meth:`~Strategy.train_step`,
-:meth:`~Strategy.post_epoch`, :meth:`~Strategy.teardown`; modules it returns from :meth:`~Strategy.modules` train
-with the student.
+The runner builds the data and the teacher as for any experiment (unless the strategy sets
+:attr:`Strategy.owns_teacher`), then calls :meth:`Strategy.run` with a :class:`StrategyContext`: the strategy trains
+one or more networks through :meth:`StrategyContext.train` (the same engine, checkpoints, resume and summaries as a
+plain run) and returns the summary of its final student, which must be stored as a normal run in ``ctx.out``
+(``RUN/student/best.pt``). Inside one training the strategy's loop hooks run (pass ``hooks=self``):
+:meth:`~Strategy.setup`, :meth:`~Strategy.pre_epoch`, :meth:`~Strategy.train_step`, :meth:`~Strategy.post_epoch`,
+:meth:`~Strategy.teardown`; modules it returns from :meth:`~Strategy.modules` train with the student.
 
 Example:
     >>> from medkd.distill.registry import register_strategy, _unregister
@@ -68,12 +68,18 @@ class Strategy(LoopHooks):
 
     Class attributes:
         requires_teacher: the experiment must name a teacher (``teacher.checkpoint`` or ``teacher.net``).
+        owns_teacher: the strategy builds and feeds its teacher itself, e.g. on other inputs than the student's
+            ``image`` (a multi-modal teacher). The runner then does not train ``teacher.net`` first (the strategy
+            may read it as an architecture) and loads ``teacher.checkpoint`` checking only its task and classes:
+            no forward on the student's images (teacher latency, ``eval.teacher`` test metrics). The loaded
+            teacher reaches the strategy as ``ctx.teacher``; checking its inputs is the strategy's job.
         tasks: the tasks it supports (``classification``, ``segmentation``).
 
     The default :meth:`run` trains the student once with this strategy's loop hooks.
     """
 
     requires_teacher: ClassVar[bool] = False
+    owns_teacher: ClassVar[bool] = False
     tasks: ClassVar[frozenset[str]] = frozenset({"classification", "segmentation"})
     plugin_key: ClassVar[str] = ""
 

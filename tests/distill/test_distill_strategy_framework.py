@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The strategy and utility framework: loop hooks in order, strategy modules trained and saved, parameter and
-requirement errors, data subsets, and the ``medkd distill search|tool`` commands."""
+requirement errors, a strategy that owns its teacher, data subsets, and the ``medkd distill search|tool``
+commands."""
 
 from __future__ import annotations
 
@@ -130,6 +131,52 @@ def test_strategy_for_another_task_is_refused(lesions: Path, tmp_path: Path) -> 
                             progress=False)
     finally:
         _unregister("toy_seg_only")
+
+
+def _two_channel_teacher(folder: Path) -> Path:
+    """A random ``kd_cnn`` taking 2 input channels (a multi-modal teacher), saved as a classification run."""
+    from medkd.data.synthetic.lesion_classes import LESION_CLASS_NAMES
+    from medkd.distill.students import ClassifierInfo, write_student_run
+    from medkd.engine.checkpoint import save_checkpoint
+
+    info = ClassifierInfo(net="kd_cnn", net_params={"width": 4}, in_channels=2, num_classes=5,
+                          class_names=tuple(sorted(LESION_CLASS_NAMES)), image_size=(16, 16))
+    write_student_run(folder, task="classification", info=info, role="teacher")
+    save_checkpoint(folder / "student" / "best.pt", student=info.build(), teacher=None, optimizer=None, config={},
+                    iteration=1)
+    return folder
+
+
+def test_a_strategy_owning_its_teacher_gets_it_unprobed_and_untrained(lesions: Path, tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    @register_strategy("toy_own_teacher")
+    class OwnTeacher(Strategy):
+        """Feeds its teacher the image twice (2 channels); trains the student with CE."""
+
+        owns_teacher = True
+
+        def run(self, ctx: Any) -> dict[str, Any]:
+            seen["teacher"] = ctx.teacher
+            if ctx.teacher is not None:
+                x = ctx.data.tensors("val")[0][:3].to(ctx.device)
+                seen["logits"] = tuple(ctx.teacher.network(torch.cat([x, x], 1)).shape)
+            return ctx.train(teacher=None, terms=ctx.cfg.distill.terms[:1])
+
+    try:
+        teacher = _two_channel_teacher(tmp_path / "mm")
+        summary = api.distill_run(PRESET, lesions, tmp_path / "ckpt", progress=False, overrides=[
+            *FAST, f"teacher.checkpoint={teacher}", "distill.strategy=toy_own_teacher", "eval.teacher=true"])
+        # loaded and checked (task, classes), never run on the 1-channel images: no latency, no test metrics
+        assert summary["teacher"] == {"source": str(teacher), "net": "kd_cnn", "params": summary["teacher"]["params"]}
+        assert seen["teacher"].source == teacher and seen["logits"] == (3, 5)
+        seen.clear()
+        summary = api.distill_run(PRESET, lesions, tmp_path / "net", progress=False,
+                                  overrides=[*FAST, "distill.strategy=toy_own_teacher"])  # teacher.net: kd_cnn_wide
+        assert seen["teacher"] is None and "teacher" not in summary and "teacher_training" not in summary
+        assert not (tmp_path / "net" / "teacher").exists()  # teacher.net is the strategy's to use
+    finally:
+        _unregister("toy_own_teacher")
 
 
 def test_subset_by_classes_and_metadata_keeps_label_indices(lesions: Path) -> None:

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Borup & Andersen self-distillation (spec §3.8): iterated kernel ridge self-distillation equals its closed form
-(1e-10), alpha = 1 is ridge, the step-optimal alpha matches a grid search, the proxy prefers the better target, the
-deep-net loss, parameter errors, and generations trained from YAML (folders, alphas, summary, teacher ignored)."""
+(1e-10), alpha = 1 is ridge, the step-optimal alpha matches a grid search and the kernel-ridge step optimum (interior
+for a moderate ridge), the proxy prefers the better target and goes below 0 on memorising features, clipping is
+logged, the deep-net loss, parameter errors, and generations trained from YAML (folders, alphas, summary, teacher
+ignored)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from medkd import api
 from medkd.data.synthetic.lesion_classes import write_synth_lesion_2d
 from medkd.distill import create_strategy
 from medkd.distill.strategies.borup_sd import (
-    borup_loss, krr_limit, krr_self_distill, proxy_alpha, step_optimal_alpha,
+    borup_loss, clip_alpha, krr_limit, krr_self_distill, proxy_alpha, step_optimal_alpha,
 )
 from medkd.errors import ConfigError
 
@@ -108,6 +110,56 @@ def test_step_optimal_alpha_edge_cases() -> None:
     assert step_optimal_alpha(torch.ones(3), torch.zeros(3), torch.zeros(3)) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="one shape"):
         step_optimal_alpha(torch.ones(3), torch.ones(2), torch.ones(3))
+
+
+@pytest.mark.parametrize(("lam", "where"), [(0.01, "below"), (1.0, "inside"), (30.0, "above")])
+def test_step_optimal_alpha_is_the_kernel_ridge_step_optimum(lam: float, where: str) -> None:
+    """The paper's setting: noisy samples of a sinusoid, an RBF kernel; generation 1 is linear in alpha, so the closed
+    form is the step optimum against the noise-free truth. Interior for a moderate ridge; below 0 when the fit is
+    under-regularised (the step wants more shrinkage than pure self-distillation gives), above 1 when over-."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(30, 1, generator=g, dtype=torch.float64)
+    truth = torch.sin(2 * torch.pi * x[:, 0])
+    y = truth + 0.5 * torch.randn(30, generator=g, dtype=torch.float64)
+    K = torch.exp(-20 * torch.cdist(x, x).square())
+    best = step_optimal_alpha(krr_self_distill(K, y, 1.0, lam, 1), krr_self_distill(K, y, 0.0, lam, 1), truth)
+    grid = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    errors = torch.stack([(krr_self_distill(K, y, float(a), lam, 1) - truth).square().sum() for a in grid])
+    on_grid = float(grid[errors.argmin()])
+    if where == "inside":
+        assert 0.1 < best < 0.9 and abs(best - on_grid) <= 1e-3  # 0.413
+    elif where == "below":
+        assert best < 0.0 and on_grid == 0.0 and clip_alpha(best) == 0.0
+    else:
+        assert best > 1.0 and on_grid == 1.0 and clip_alpha(best) == 1.0
+
+
+def test_the_proxy_gives_below_zero_on_features_that_only_memorise() -> None:
+    """A previous generation that memorised random labels (features with no signal for validation, a softmax
+    ``beta * onehot + (1 - beta) / C``): the softer targets win and alpha* is about ``-beta / (1 - beta)``."""
+    g = torch.Generator().manual_seed(0)
+    n, m, d, c = 200, 300, 400, 5
+    labels = F.one_hot(torch.randint(0, c, (n,), generator=g), c).double()
+    val = F.one_hot(torch.randint(0, c, (m,), generator=g), c).double()
+    feats, val_feats = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+    for beta in (0.5, 0.8):
+        raw = proxy_alpha(feats, labels, beta * labels + (1 - beta) / c, val_feats, val)
+        assert raw == pytest.approx(-beta / (1 - beta), rel=0.1)
+
+
+def test_clipped_alpha_is_logged_with_its_cause(caplog: pytest.LogCaptureFixture) -> None:
+    logger = "medkd.distill.strategies.borup_sd"
+    with caplog.at_level(logging.WARNING, logger=logger):
+        assert clip_alpha(0.4, 1, 0.9, 0.8) == 0.4
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger=logger):
+        assert clip_alpha(-65.0, 2, 1.0, 0.26) == 0.0
+    assert "generation 2: alpha* = -65.0000 < 0, clipped to 0" in caplog.text
+    assert "1.000 on the training labels, 0.260 on validation" in caplog.text and "memorised" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=logger):
+        assert clip_alpha(1.5) == 1.0
+    assert "alpha* = 1.5000 > 1, clipped to 1 (the labels alone)" in caplog.text
 
 
 def test_the_proxy_weighs_the_better_target() -> None:

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """MST-Distill (spec §3.11): a uniform gate has no balance cost, one expert is plain KD, masks lie in (0, 1), the
 gate learns from the KD term only when ``gate_weighted``; a tiny three-stage run on paired SynthLesion-2D, reusing
-its multi-modal teacher frozen; bad settings are refused."""
+its multi-modal teacher frozen (``strategy_params.teacher_checkpoint`` or the experiment's ``teacher.checkpoint``);
+bad settings and image-only teachers are refused."""
 
 from __future__ import annotations
 
@@ -157,6 +158,44 @@ def test_reused_teacher_stays_frozen(run: tuple[Path, dict], lesions: Path, tmp_
     with pytest.raises(ConfigError, match="takes 1 input channels"):
         api.distill_run(PRESET, lesions, tmp_path / "bad", progress=False, overrides=[
             *FAST, f"distill.strategy_params={{{PARAMS}, teacher_checkpoint: {out / 'auxiliary'}}}"])
+
+
+def test_experiment_teacher_checkpoint_is_the_frozen_multimodal_teacher(run: tuple[Path, dict], lesions: Path,
+                                                                         tmp_path: Path) -> None:
+    """A multi-modal teacher (2 C inputs) given as the experiment's teacher.checkpoint: the runner neither times nor
+    tests it on image-only batches (Strategy.owns_teacher), and MST-Distill uses it frozen with paired inputs."""
+    out, _ = run
+    summary = api.distill_run(PRESET, lesions, tmp_path / "ckpt", progress=False, overrides=[
+        *FAST, f"distill.strategy_params={{{PARAMS}}}", f"teacher.checkpoint={out / 'mm_teacher'}",
+        "eval.teacher=true"])
+    assert summary["strategy"]["cotrain"]["teacher_frozen"] is True
+    assert summary["teacher"]["source"] == str(out / "mm_teacher") and "latency_ms" not in summary["teacher"]
+    assert set(summary["strategy"]["test_accuracy"]) == {"teacher", "auxiliary", "experts"}  # tested with pairs
+    assert not (tmp_path / "ckpt" / "mm_teacher").exists()
+    cotrain = (tmp_path / "ckpt" / "cotrain" / "student" / "metrics.jsonl").read_text()
+    assert '"loss_a"' in cotrain and '"loss_t"' not in cotrain
+
+
+def test_experiment_teacher_net_only_names_the_architecture(lesions: Path, tmp_path: Path) -> None:
+    params = "cotrain_iterations: 3, mask_iterations: 3"
+    summary = api.distill_run(PRESET, lesions, tmp_path / "net", progress=False, overrides=[
+        *FAST, f"distill.strategy_params={{{params}}}", "teacher.net=kd_cnn", "teacher.net_params={width: 4}"])
+    assert not (tmp_path / "net" / "teacher").exists() and "teacher" not in summary  # not trained image-only first
+    info, _ = load_classifier(tmp_path / "net" / "mm_teacher")
+    assert info.net == "kd_cnn" and info.net_params == {"width": 4} and info.in_channels == 2
+
+
+def test_image_only_or_two_teacher_checkpoints_are_refused(run: tuple[Path, dict], lesions: Path,
+                                                           tmp_path: Path) -> None:
+    out, _ = run
+    with pytest.raises(ConfigError, match=r"teacher\.checkpoint .*auxiliary takes 1 input channels.*needs 2"):
+        api.distill_run(PRESET, lesions, tmp_path / "a", progress=False, overrides=[
+            *FAST, f"distill.strategy_params={{{PARAMS}}}", f"teacher.checkpoint={out / 'auxiliary'}"])
+    assert not (tmp_path / "a" / "cotrain").exists()  # refused before any training
+    with pytest.raises(ConfigError, match="set only one"):
+        api.distill_run(PRESET, lesions, tmp_path / "b", progress=False, overrides=[
+            *FAST, f"distill.strategy_params={{{PARAMS}, teacher_checkpoint: {out / 'mm_teacher'}}}",
+            f"teacher.checkpoint={out / 'mm_teacher'}"])
 
 
 def test_needs_the_paired_modality_and_known_mask_layers(lesions: Path, tmp_path: Path) -> None:

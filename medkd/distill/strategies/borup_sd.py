@@ -23,6 +23,23 @@ f_{t-1}(X)``, the previous generation's predictions mixed with the ground truth.
   one-hot labels and to the previous softmax, evaluated on the validation split against its one-hot labels, clipped
   to ``[0, 1]``.
 
+**When ``alpha: auto`` gives 0 (or 1).** The unclipped estimate is a projection, so it leaves ``[0, 1]`` whenever the
+best mix on the reference lies outside it; the clip then picks the nearest end, and a warning says so (with the
+previous generation's accuracy on the training labels and on validation). In the kernel-ridge analysis ``f[yhat]``
+is the more shrunk fit, so ``alpha* < 0`` means the step wants more regularisation than even pure
+self-distillation gives (an under-regularised fit; ``alpha* > 1``: an over-regularised one, the labels alone are
+best). With deep networks the usual cause of 0 is a previous generation that memorised a noisy training split: on
+SynthLesion-2D (``synth_lesion_borup_sd.yaml``, 20 % label noise, 1000 training images) generation 0 (``kd_cnn``)
+reaches 1.00 accuracy on the noisy training labels after the preset's 300 iterations (0.97 after 150) and about
+0.26 on validation. Its pooled features then separate the training labels but say little about validation, every
+ridge fit on them does worse there than a constant, and the fit to the previous softmax, a shrunk copy of the label
+fit (``f[yhat] ~ beta f[y] + (1 - beta) c``), wins: without any signal the estimate is ``-beta / (1 - beta)``, which
+tends to minus infinity as the softmax becomes one-hot (-1.3 after 150 iterations, -65 after 300), clipped to 0.
+That is the estimator answering its question, not a sign error (``alpha*`` matches a grid search and the
+kernel-ridge step optimum); the two fits then differ little, so the choice matters little to the proxy either.
+To keep the ground truth in such runs set a fixed ``alpha`` (paper 0.6). A previous generation whose softmax
+equals the labels exactly gives ``f[y] = f[yhat]``, where every alpha fits the same: 1.
+
 Run folder: generation ``t < G`` in ``RUN/generations/g<t>`` (each a normal run), the last one (``G`` =
 ``generations``) in ``RUN`` itself; ``summary.json`` ``strategy.generations`` holds each generation's alpha and
 best-checkpoint validation/test accuracy. The strategy is teacher-free: an experiment teacher is ignored (with a
@@ -59,8 +76,8 @@ if TYPE_CHECKING:
     from medkd.distill.task import DistillTask
 
 __all__ = [
-    "BorupSelfDistillation", "borup_loss", "feature_kernel", "krr_limit", "krr_self_distill", "proxy_alpha",
-    "step_optimal_alpha",
+    "BorupSelfDistillation", "borup_loss", "clip_alpha", "feature_kernel", "krr_limit", "krr_self_distill",
+    "proxy_alpha", "step_optimal_alpha",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,6 +229,40 @@ def proxy_alpha(train_features: Tensor, train_onehot: Tensor, train_soft: Tensor
     return step_optimal_alpha(fits[:, :c], fits[:, c:], val_onehot.double())
 
 
+def clip_alpha(raw: float, generation: int = 0, train_accuracy: float | None = None,
+               val_accuracy: float | None = None) -> float:
+    """``raw`` (an unclipped ``alpha*``) clipped to ``[0, 1]``; a clipped value is logged as a warning with its usual
+    cause (module docstring, "When alpha: auto gives 0").
+
+    Args:
+        raw: the estimate. generation: the generation it is for (logged). train_accuracy / val_accuracy: the
+            previous generation's accuracy on the training labels and on validation (logged when given).
+
+    Example:
+        >>> clip_alpha(0.25), clip_alpha(-1.3), clip_alpha(1.7)
+        (0.25, 0.0, 1.0)
+    """
+    alpha = min(max(raw, 0.0), 1.0)
+    if alpha == raw:
+        return alpha
+    seen = ""
+    if train_accuracy is not None and val_accuracy is not None:
+        seen = (f" (the previous generation's accuracy: {train_accuracy:.3f} on the training labels, "
+                f"{val_accuracy:.3f} on validation)")
+    if raw < 0.0:
+        logger.warning(
+            "borup_sd generation %d: alpha* = %.4f < 0, clipped to 0 (pure self-distillation, no ground truth): on "
+            "validation the previous generation's outputs beat the labels even at alpha 0%s. Usual cause: it "
+            "memorised the training split, so fits on its features generalise worse than its softer outputs. This is "
+            "the estimator's answer, not an error; set a fixed strategy_params.alpha (paper 0.6) to keep the ground "
+            "truth", generation, raw, seen)
+    else:
+        logger.warning(
+            "borup_sd generation %d: alpha* = %.4f > 1, clipped to 1 (the labels alone): on validation the labels "
+            "beat every mix with the previous generation's outputs%s", generation, raw, seen)
+    return alpha
+
+
 # ---------------------------------------------------------------------------------------------- deep networks
 
 
@@ -291,7 +342,8 @@ class BorupSelfDistillation(Strategy):
 
     Args:
         alpha: the ground-truth weight in ``[0, 1]`` (paper 0.6), or ``"auto"``: per generation the step-optimal
-            weight of the kernel-ridge proxy (:func:`proxy_alpha`), clipped to ``[0, 1]`` [recon].
+            weight of the kernel-ridge proxy (:func:`proxy_alpha`), clipped to ``[0, 1]`` [recon] (:func:`clip_alpha`;
+            0 after a previous generation that memorised noisy training labels, see the module docstring).
         generations: self-distillation generations after generation 0 (paper 5; ``generations + 1`` trainings).
         reduction: the MSE's reduction (:func:`borup_loss`): ``mean`` (the authors') or ``sum``.
         ridge: the proxy's relative ridge (``alpha: auto``).
@@ -381,11 +433,12 @@ class BorupSelfDistillation(Strategy):
             train_x, train_y = train_x[keep], train_y[keep]
         name, io = _feature_module(previous, self.feature)
         train_f, train_logits = _features(previous, train_x, ctx.device, name, io)
-        val_f, _ = _features(previous, val_x, ctx.device, name, io)
+        val_f, val_logits = _features(previous, val_x, ctx.device, name, io)
         c = data.num_classes
         raw = proxy_alpha(train_f, F.one_hot(train_y, c), F.softmax(train_logits, dim=1), val_f,
                           F.one_hot(val_y, c), self.ridge)
-        alpha = min(max(raw, 0.0), 1.0)
+        alpha = clip_alpha(raw, entry["generation"], float((train_logits.argmax(1) == train_y).float().mean()),
+                           float((val_logits.argmax(1) == val_y).float().mean()))
         entry["alpha_raw"] = raw
         logger.info("borup_sd generation %d: proxy alpha* %.4f (raw %.4f, features %s %s)", entry["generation"],
                     alpha, raw, name, io)

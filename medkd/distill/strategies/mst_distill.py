@@ -10,11 +10,13 @@ Networks (classification only): the **teacher** sees ``cat(image, paired)`` (``2
 **auxiliary** model sees ``paired`` alone, the **student** (``student.net``) sees ``image`` alone, so the final
 student is a normal run of the experiment's student and evaluates like any other. Teacher and auxiliary share one
 architecture: ``strategy_params.teacher_net``/``teacher_params``, else ``teacher.net``/``teacher.net_params`` of the
-YAML, else ``kd_cnn`` with its defaults (input channels adapted). Leave ``teacher.net`` and ``teacher.checkpoint``
-empty (the runner would first train or load an image-only teacher that MST-Distill cannot use) and name the
-architecture in ``strategy_params.teacher_net``. A multi-modal teacher trained before (``RUN/mm_teacher`` of an
-earlier run, ``2 C`` input channels) is reused with ``strategy_params.teacher_checkpoint``: it stays frozen and
-stage 1 co-trains the auxiliary model and the student only.
+YAML, else ``kd_cnn`` with its defaults (input channels adapted). The strategy builds and feeds its teacher itself
+(:attr:`~medkd.distill.strategy.Strategy.owns_teacher`): the runner does not train ``teacher.net`` first (here it
+only names the architecture) and does not run a loaded teacher on image-only batches. A multi-modal teacher trained
+before (``RUN/mm_teacher`` of an earlier run, ``2 C`` input channels) is reused with
+``strategy_params.teacher_checkpoint`` or the experiment's ``teacher.checkpoint`` (one of them): it stays frozen and
+stage 1 co-trains the auxiliary model and the student only. A reused teacher must take ``2 C`` input channels (image
+and paired modality concatenated); an image-only checkpoint is refused with a ``ConfigError``.
 
 Stages (``T`` = ``temperature``, KL(p_a||p_b) with ``p = softmax(z / T)``):
 
@@ -248,14 +250,16 @@ class MSTDistill(Strategy):
         mask_reduction: MaskNet hidden-width divisor. gate_weighted: the gate also learns from the KD term.
         teacher_net / teacher_params: the architecture of teacher and auxiliary model (module docstring).
         teacher_checkpoint: a run folder holding a multi-modal teacher (``2 C`` inputs, e.g. ``RUN/mm_teacher``
-            of an earlier run) to reuse, frozen; relative to the current folder.
+            of an earlier run) to reuse, frozen; relative to the current folder. The experiment's
+            ``teacher.checkpoint`` does the same.
 
     Raises:
         ConfigError: a bad value (in ``__init__``), or at run time no ``data.paired_column``, an unknown mask layer,
-            or a teacher checkpoint of the wrong input channels.
+            a teacher checkpoint (either one) of the wrong input channels, or both checkpoints set.
     """
 
     tasks = frozenset({"classification"})
+    owns_teacher = True  # a multi-modal teacher: the runner must not feed it image-only batches
 
     def __init__(self, k: int = 1, temperature: float = 4.0, ce_weight: float = 1.0, kd_weight: float = 1.0,
                  balance_weight: float = 1.0, cotrain_iterations: int = 0, mask_iterations: int = 0,
@@ -309,26 +313,30 @@ class MSTDistill(Strategy):
         return build_network(cfg, ctx.data, net, params)[0]
 
     def _reused_teacher(self, ctx: StrategyContext, channels: int) -> nn.Module | None:
-        """A multi-modal teacher given by ``teacher_checkpoint`` (or by the runner, when it takes ``2 C`` inputs)."""
+        """The frozen multi-modal teacher of ``teacher_checkpoint`` or of the experiment's ``teacher.checkpoint``
+        (loaded by the runner, ``ctx.teacher``), or None to co-train one."""
+        if self.teacher_checkpoint and ctx.teacher is not None:
+            raise ConfigError(f"mst_distill: both strategy_params.teacher_checkpoint ({self.teacher_checkpoint}) and "
+                              f"teacher.checkpoint ({ctx.teacher.source}) name a teacher; set only one of them")
         if self.teacher_checkpoint:
             from medkd.distill.teachers import load_teacher
 
-            loaded = load_teacher(self.teacher_checkpoint, ctx.device)
-            if _input_channels(loaded.network) != channels:
-                raise ConfigError(f"mst_distill: teacher_checkpoint {self.teacher_checkpoint} takes "
-                                  f"{_input_channels(loaded.network)} input channels; the multi-modal teacher needs "
-                                  f"{channels} (image + paired)")
-            if loaded.num_classes and loaded.num_classes != ctx.data.num_classes:
-                raise DataError(loaded.source, f"the teacher predicts {loaded.num_classes} classes, the data has "
-                                               f"{ctx.data.num_classes}")
-            return loaded.network
-        if ctx.teacher is not None:
-            if _input_channels(ctx.teacher.network) == channels:
-                return ctx.teacher.network
-            logger.warning("mst_distill trains its own multi-modal teacher: the experiment's teacher (%s, image only) "
-                           "is not used; leave teacher.net/checkpoint empty and set strategy_params.teacher_net",
-                           ctx.teacher.source)
-        return None
+            loaded, where = load_teacher(self.teacher_checkpoint, ctx.device), "teacher_checkpoint"
+        elif ctx.teacher is not None:
+            loaded, where = ctx.teacher, "teacher.checkpoint"
+        else:
+            return None
+        found = _input_channels(loaded.network)
+        if found != channels:
+            raise ConfigError(
+                f"mst_distill: {where} {loaded.source} takes {found} input channels; the multi-modal teacher needs "
+                f"{channels} (image + paired modality concatenated). Give a multi-modal teacher run (RUN/mm_teacher of "
+                "an earlier mst_distill run), or leave it empty and name the architecture in "
+                "strategy_params.teacher_net to co-train one")
+        if loaded.num_classes and loaded.num_classes != ctx.data.num_classes:
+            raise DataError(loaded.source, f"the teacher predicts {loaded.num_classes} classes, the data has "
+                                           f"{ctx.data.num_classes}")
+        return loaded.network
 
     # ------------------------------------------------------------------------------------------ the three stages
     def run(self, ctx: StrategyContext) -> dict[str, Any]:
