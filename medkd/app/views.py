@@ -12,7 +12,9 @@ Three ways in, none of which edits ``medkd/app``:
   or ``@register_view("detection", inputs=("image2d",))`` on the function;
 * **a method package inside medkd** (below the app in the layers, so it must not import ``medkd.app``): its
   :class:`~medkd.methods.Method` record names the view, ``app_view="medkd.methods.toy.view:render"`` (a
-  ``module:attribute`` reference, imported on first use) or the name of a registered view;
+  ``module:attribute`` reference, imported on first use) or the name of a registered view; a method whose runs are
+  of several kinds names one per kind, ``app_view={"classification": "medkd.distill.app_view:render"}`` (the
+  kinds it names no view for get their kind's view);
 * **the reference** may also be given to :func:`register_view` (``register_view("forecasting", "pkg.view:render")``),
   so registering imports neither Streamlit nor the view's module.
 
@@ -35,7 +37,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -238,10 +240,15 @@ def _method_view(kind: str, method: str | None) -> View | None:
         return None
     record = METHODS.get(method)
     ref = getattr(record, "app_view", None)
+    if isinstance(ref, Mapping):  # a method of several kinds: a view per kind
+        ref = ref.get(kind)
+    elif getattr(record, "kind", kind) != kind:  # its one view shows its main kind's models
+        ref = None
     if not ref:
         return None
     if ":" in ref:
-        return View(record.name, record.kind, ref, DEFAULT_INPUTS.get(record.kind, _ALL_INPUTS), record.name)
+        return View(record.name if kind == record.kind else f"{record.name}:{kind}", kind, ref,
+                    DEFAULT_INPUTS.get(kind, _ALL_INPUTS), record.name)
     if ref in VIEWS:
         return VIEWS.get(ref)  # type: ignore[return-value]
     logger.warning("method %s names app view %r, which is not registered; using the %s view", method, ref, kind)

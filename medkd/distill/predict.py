@@ -99,7 +99,8 @@ def classification_predictor(
     return Predictor(
         kind="classification", name=name, version=version, weights_sha256=file_sha256(weights),
         labels=labels_from_names([str(n) for n in class_names], background=False), run=run, source=source,
-        metadata={"route_key": route_key, "image_size": list(size), **dict(metadata or {})},
+        metadata={"route_key": route_key, "route_values": list(getattr(model, "values", ())) if route_key else [],
+                  "image_size": list(size), **dict(metadata or {})},
     )
 
 

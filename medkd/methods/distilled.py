@@ -32,7 +32,7 @@ DISTILL = register_method(
         load_predictor="medkd.distill.predict:load_run_predictor",
         cli="medkd.cli.distill:add_parser",
         bundle_spec="medkd.distill.bundle:DISTILL_BUNDLE_SPEC",
-        app_view=None,
+        app_view={"classification": "medkd.distill.app_view:render"},  # segmentation students: the default view
         description="knowledge distillation plugins (KD, DKD, BPKD, ...): a student from a teacher, one YAML",
     )
 )

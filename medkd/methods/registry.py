@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,8 @@ class Method:
         cli: ``cli(subparsers)`` adds ``medkd <name> ...`` to argparse (``None``: no subcommand).
         bundle_spec: what the bundle writer needs from the method (``None``: no bundle export).
         app_view: its app view: a registered view name or a ``"module:attribute"`` reference to ``render(ctx)``
-            (``None``: the default view of its kind).
+            (``None``: the default view of its kind); for a method of several kinds, ``{kind: view}`` (a kind it
+            names no view for gets its kind's view).
         description: one line, shown in ``medkd --help``.
         other_kinds: further kinds its runs may be (``run.json`` ``kind``); ``load_predictor`` takes them too and the
             bundle writer picks the method's spec for the run's kind (``distill``: classification students).
@@ -90,7 +92,7 @@ class Method:
     load_predictor: Ref = None
     cli: Ref = None
     bundle_spec: Ref = None
-    app_view: str | None = None
+    app_view: str | Mapping[str, str] | None = None
     description: str = ""
     other_kinds: tuple[str, ...] = ()
 
