@@ -17,7 +17,11 @@
    ``apps/surgfutr/cpu_synthetic.yaml`` (shortened), evaluates them against copy-current and the prior on the test
    videos, forecasts a test video offline (CSV) and live (streamed, causal), exports ``models/demo_lap_surgfutr``;
 9. distillation: the BCP run of step 2 teaches a fresh half-width U-Net with BPKD (``apps/distill/cpu_acdc_bpkd.yaml``,
-   shortened), evaluated on the test list and exported as ``models/demo_acdc_distilled``;
+   shortened), evaluated on the test list and exported as ``models/demo_acdc_distilled``; then partition students
+   (MSD, ``apps/distill/synth_lesion_partition_students.yaml``, shortened) on small SynthLesion-2D data: one student
+   per ``modality`` (easier images than the benchmark's: less class overlap, no distractors, 5 % label noise),
+   exported as one routed bundle ``models/demo_lesion_routed`` that classifies the test images, each by its own
+   modality's student (``medkd distill predict``'s CSV);
 10. prints where everything is.
 """
 
@@ -32,7 +36,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["run_demo", "preset_path", "repo_file", "DEMO_BUNDLE", "DEMO_BASELINE_BUNDLE", "DEMO_GT_BUNDLE",
-           "DEMO_SURGFUTR_BUNDLE", "DEMO_DISTILL_BUNDLE"]
+           "DEMO_SURGFUTR_BUNDLE", "DEMO_DISTILL_BUNDLE", "DEMO_ROUTED_BUNDLE"]
 
 #: names of the bundles the demo exports (``models/zoo.yaml`` lists them; the app compares them side by side)
 DEMO_BUNDLE = "demo_acdc_bcp"
@@ -40,6 +44,7 @@ DEMO_BASELINE_BUNDLE = "demo_acdc_supervised"
 DEMO_GT_BUNDLE = "demo_mammo_gt"
 DEMO_SURGFUTR_BUNDLE = "demo_lap_surgfutr"
 DEMO_DISTILL_BUNDLE = "demo_acdc_distilled"
+DEMO_ROUTED_BUNDLE = "demo_lesion_routed"
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,11 @@ DISTILL_OVERRIDES = ["optim.iterations=150", "eval.val_interval=75", "data.label
                      "teacher.net=''"]
 DISTILL_QUICK_OVERRIDES = ["optim.iterations=4", "eval.val_interval=2", "data.batch_size=4", "data.labeled=1",
                            "data.image_size=[64, 64]"]
+
+#: the partition-students step's shortening of ``apps/distill/synth_lesion_partition_students.yaml`` (and quick's)
+ROUTED_OVERRIDES = ["teacher.iterations=300", "optim.iterations=150", "eval.val_interval=60", "eval.log_interval=30"]
+ROUTED_QUICK_OVERRIDES = ["teacher.iterations=4", "optim.iterations=4", "eval.val_interval=2", "eval.log_interval=2",
+                          "data.batch_size=8", "data.image_size=[16, 16]", "teacher.net_params={width: 8}"]
 
 QUICK_OVERRIDES = [
     "pretrain_iterations=4", "selftrain_iterations=4", "val_interval=4", "patch=[64, 64]", "batch_size=4",
@@ -199,6 +209,40 @@ def _distill(out: Path, data_root: Path, teacher_run: Path, models_dir: Path, *,
             "teacher_params": teacher["params"]}
 
 
+def _routed(out: Path, models_dir: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
+    """Step 9b: partition students by modality on SynthLesion-2D; one routed bundle; the test images classified."""
+    from medkd.bundle import export_bundle
+    from medkd.config import load_config
+    from medkd.data.synthetic.lesion_classes import (
+        LesionClassConfig, write_classification_datalist, write_synth_lesion_2d,
+    )
+    from medkd.distill.config import DistillConfig
+    from medkd.distill.predict import datalist_files, predict_to_csv
+    from medkd.distill.runner import run_experiment
+    from medkd.inference import load_predictor
+
+    sizes = (dict(n_teacher_train=20, n_train=24, n_val=12, n_test=12) if quick
+             else dict(n_teacher_train=1000, n_train=400, n_val=60, n_test=120))
+    root = out / "data" / "lesions"
+    if not (root / "datalist.csv").is_file():
+        easy = LesionClassConfig(overlap=0.2, distractors=0.0, noise_scale=0.5)  # learnable in a demo's iterations
+        write_classification_datalist(write_synth_lesion_2d(root, n_unlabelled=0, size=32, label_noise=0.05,
+                                                            config=easy, **sizes))
+    run = out / "runs" / "partition_students"
+    sets = [*ROUTED_OVERRIDES, *(ROUTED_QUICK_OVERRIDES if quick else [])]
+    cfg = load_config(DistillConfig, preset_path("distill/synth_lesion_partition_students.yaml"), sets)
+    summary = run_experiment(cfg, root, run, resume=(run / "student" / "last.pt").is_file(), progress=progress)
+    bundle = export_bundle(run, models_dir / DEMO_ROUTED_BUNDLE, overwrite=True)
+    csv_path = out / "predictions" / "lesion_routed_test.csv"
+    counts = predict_to_csv(load_predictor(bundle, "cpu"), datalist_files(root / "datalist.csv", "test"), csv_path,
+                            progress=progress)
+    strategy = summary["strategy"]
+    return {"run": str(run), "bundle": str(bundle), "predictions": str(csv_path), "classified": counts["ok"],
+            "key": strategy["key"], "values": strategy["values"],
+            "routed_accuracy": strategy["routed"]["test"]["accuracy"],
+            "global_accuracy": strategy["global"]["test"]["accuracy"]}
+
+
 def run_demo(
     out: str | Path = "demo_output", *, quick: bool = False, progress: bool = True, models: str | Path | None = None
 ) -> dict[str, Any]:
@@ -273,8 +317,11 @@ def run_demo(
     sf = _surgfutr(out, models_dir, quick=quick, progress=progress)
     logger.info("9/9 distillation: the BCP run teaches a fresh student with BPKD")
     kd = _distill(out, data_root, runs["bcp"], models_dir, quick=quick, progress=progress)
+    logger.info("9/9 distillation: one student per modality, routed by it, in one bundle")
+    routed = _routed(out, models_dir, quick=quick, progress=progress)
     summary = {
         "distill": kd,
+        "partition_students": routed,
         "grounded_teacher": gt,
         "surgfutr": sf,
         "data": str(data_root),
@@ -314,6 +361,11 @@ def run_demo(
         f"  Distillation   : BPKD student test Dice {100 * kd['student_dice']:.1f}% from the BCP teacher's "
         f"{100 * kd['teacher_dice']:.1f}% ({kd['student_params']:,} parameters, {kd['student_latency_ms']:.1f} ms a "
         f"slice); bundle {kd['bundle']}\n"
+        f"  Routed students: test accuracy {routed['routed_accuracy']:.3f} with a student per {routed['key']} "
+        f"({', '.join(routed['values'])}) vs {routed['global_accuracy']:.3f} one student (5 classes, chance 0.2, "
+        f"a few hundred iterations); routed bundle "
+        f"{routed['bundle']}; {routed['classified']} test images classified by their own {routed['key']}'s "
+        f"student: {routed['predictions']}\n"
         f"  pipeline report: {pipeline.report_csv}\n"
         f"  summary        : {out / 'demo_summary.json'}"
     )

@@ -107,6 +107,11 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     kd = summary["distill"]  # the distillation step: the BCP run teaches a fresh student, exported as a bundle
     assert (tmp_path / "models" / "demo_acdc_distilled" / "configs" / "metadata.json").is_file()
     assert 0.0 <= kd["student_dice"] <= 1.0 and kd["teacher_params"] > 0 and "Distillation" in out
+    routed = summary["partition_students"]  # one student per modality, one routed bundle, the test images classified
+    assert (tmp_path / "models" / "demo_lesion_routed" / "configs" / "metadata.json").is_file()
+    assert routed["values"] == ["A", "B"] and routed["classified"] == 12 and "Routed students" in out
+    rows = Path(routed["predictions"]).read_text().splitlines()
+    assert len(rows) == 13 and {r.split(",")[-2] for r in rows[1:]} == {"A", "B"}  # partition column
 
 
 @pytest.mark.parametrize(
