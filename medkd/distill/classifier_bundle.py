@@ -106,7 +106,7 @@ def _load(run: Path, checkpoint: str, stage: str | None) -> ExportModel:
     from medkd.engine.checkpoint import load_checkpoint
 
     run = Path(run)
-    network, names, size, key, ckpt_file = load_classification_run(run, checkpoint, "cpu")
+    network, names, size, key, ckpt_file = load_classification_run(run, checkpoint, "cpu")  # a LoadedClassifier
     folders = read_routing(run)[1] if (run / ROUTING_FILE).is_file() else {None: "."}
     students = {value: _student_fields(run / folder) for value, folder in folders.items()}
     summary_file = run / "summary.json"

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from medkd.io.labels import labels_from_names
 from medkd.runs import read_run_info
 
 __all__ = [
-    "ClassifiedFile", "classification_predictor", "classify_files", "datalist_files", "load_classification_run",
+    "ClassifiedFile", "LoadedClassifier", "classification_predictor", "classify_files", "datalist_files", "load_classification_run",
     "load_run_predictor", "predict_to_csv",
 ]
 
@@ -104,10 +104,19 @@ def classification_predictor(
     )
 
 
+class LoadedClassifier(NamedTuple):
+    """A classification run's network and what predicting with it needs (:func:`load_classification_run`)."""
+
+    network: nn.Module
+    class_names: tuple[str, ...]
+    image_size: tuple[int, ...]
+    route_key: str | None
+    weights: Path
+
+
 def load_classification_run(run: str | Path, which: str = "best",
-                            device: str | torch.device = "cpu") -> tuple[nn.Module, tuple[str, ...], tuple[int, ...],
-                                                                         str | None, Path]:
-    """``(network, class_names, image_size, route_key, weights file)`` of a classification run.
+                            device: str | torch.device = "cpu") -> LoadedClassifier:
+    """The network (eval mode), class names, image size, routing key and weights file of a classification run.
 
     A run with ``routing.json`` gives its :class:`~medkd.distill.routing.PartitionedStudent` (every partition's
     ``which`` checkpoint) and its key; ``weights`` is then the first partition's checkpoint.
@@ -123,10 +132,11 @@ def load_classification_run(run: str | Path, which: str = "best",
         key, partitions = read_routing(run)
         model = load_partitioned(run, which, device)
         first = run / next(iter(partitions.values()))
-        return model, tuple(model.class_names), tuple(classifier_info(first).image_size), key, \
-            student_checkpoint(first, which)
+        return LoadedClassifier(model, tuple(model.class_names), tuple(classifier_info(first).image_size), key,
+                                student_checkpoint(first, which))
     info, net = load_classifier(run, which, device)
-    return net, tuple(info.class_names), tuple(info.image_size), None, student_checkpoint(run, which)
+    return LoadedClassifier(net, tuple(info.class_names), tuple(info.image_size), None,
+                            student_checkpoint(run, which))
 
 
 def load_run_predictor(run: str | Path, device: str | torch.device | None = None, *,
@@ -143,10 +153,11 @@ def load_run_predictor(run: str | Path, device: str | torch.device | None = None
 
         return load_segmentation(run, device, trust=trust)
     dev = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
-    network, names, size, key, weights = load_classification_run(run, "best", dev)
+    loaded = load_classification_run(run, "best", dev)
     return classification_predictor(
-        network, class_names=names, image_size=size, name=run.resolve().name, version="run:student/best",
-        weights=weights, source=run, device=dev, route_key=key, metadata={"method": "distill"},
+        loaded.network, class_names=loaded.class_names, image_size=loaded.image_size, name=run.resolve().name,
+        version="run:student/best", weights=loaded.weights, source=run, device=dev, route_key=loaded.route_key,
+        metadata={"method": "distill"},
     )
 
 

@@ -134,8 +134,9 @@ def get_method(name: str) -> Method:
 
 
 def list_methods(pattern: str = "*", *, kind: str | None = None) -> list[str]:
-    """Sorted names of the registered methods matching a shell-style pattern (and of ``kind``, if given)."""
-    return [name for name in METHODS.list(pattern) if kind is None or METHODS.get(name).kind == kind]
+    """Sorted names of the registered methods matching a shell-style pattern (and making ``kind``, if given: their
+    main kind or one of their :attr:`Method.other_kinds`)."""
+    return [name for name in METHODS.list(pattern) if kind is None or kind in METHODS.get(name).kinds]
 
 
 def load_run_predictor(run: str | Path, device: torch.device | str | None = None, *, trust: bool = False) -> Predictor:

@@ -75,6 +75,7 @@ def test_a_method_may_make_several_kinds_and_its_runs_say_which(tmp_path):
 
     distill = get_method("distill")
     assert distill.kinds == ("segmentation", "classification")
+    assert "distill" in list_methods(kind="classification") and "bcp" not in list_methods(kind="classification")
     write_run_info(tmp_path, method="distill", kind="detection")
     with pytest.raises(DataError, match=r"kind 'detection'.*'segmentation' or 'classification'"):
         load_run_predictor(tmp_path)
