@@ -14,10 +14,8 @@ import pytest
 pytest.importorskip("streamlit")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
 from torch import nn  # noqa: E402
 
-APP = Path(__file__).resolve().parents[2] / "streamlit_app" / "app.py"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SEEN: list[float] = []
 
@@ -47,26 +45,8 @@ def _routed(folder: str):
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    import streamlit as st
-
-    from medkd.engine import predictor as predictor_module
-
-    real = predictor_module.load_predictor
-    monkeypatch.setattr(predictor_module, "load_predictor",
-                        lambda folder, device="auto", *, trust=False: _routed(folder) if str(folder).endswith(
-                            "_routed") else real(folder, device, trust=trust))
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "zoo.yaml").write_text("bundles: []\n")
-    monkeypatch.setenv("MEDKD_MODELS", str(tmp_path / "models"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.text_input(key="bundle_dir").set_value(str(tmp_path / "msd_routed")).run()
-    at.radio(key="source").set_value("Upload").run()
-    yield at
-    st.cache_data.clear()
-    st.cache_resource.clear()
+def app(start_app):
+    return start_app("msd_routed", _routed)
 
 
 def _png() -> bytes:

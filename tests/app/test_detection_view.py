@@ -18,7 +18,6 @@ pytest.importorskip("streamlit")
 from PIL import Image  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-APP = Path(__file__).resolve().parents[2] / "streamlit_app" / "app.py"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 PATIENT = "Doe^Jane"
 
@@ -40,26 +39,8 @@ def _fake(folder: str):
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    import streamlit as st
-
-    from medkd.engine import predictor as predictor_module
-
-    real = predictor_module.load_predictor
-    monkeypatch.setattr(predictor_module, "load_predictor",
-                        lambda folder, device="auto", *, trust=False: _fake(folder) if str(folder).endswith(
-                            "_detection") else real(folder, device, trust=trust))
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "zoo.yaml").write_text("bundles: []\n")
-    monkeypatch.setenv("MEDKD_MODELS", str(tmp_path / "models"))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.text_input(key="bundle_dir").set_value(str(tmp_path / "mammo_detection")).run()
-    at.radio(key="source").set_value("Upload").run()
-    yield at
-    st.cache_data.clear()
-    st.cache_resource.clear()
+def app(start_app):
+    return start_app("mammo_detection", _fake)
 
 
 def _png() -> bytes:
