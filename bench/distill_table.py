@@ -170,7 +170,8 @@ def run_row(row: str, data: Path, teacher: Path, out: Path, iterations: int, see
     }
 
 
-def _path(summary: dict[str, Any], dotted: str) -> Any:
+def dotted_get(summary: dict[str, Any], dotted: str) -> Any:
+    """``summary["a"]["b"]`` for ``"a.b"`` (the metric paths of the bench rows; ``bench/distill_tools.py`` too)."""
     value: Any = summary
     for key in dotted.split("."):
         value = value[key]
@@ -199,13 +200,13 @@ def run_strategy_row(row: str, data: Path, teacher: Path, out: Path, iterations:
                           "cache_dir": str(teacher.parent / "teacher_cache")}
     started = time.perf_counter()
     summary = run_experiment(_config(raw), data, out, progress=False)
-    result = {"row": row, "seed": seed, "metric": float(_path(summary, spec["metric"])),
+    result = {"row": row, "seed": seed, "metric": float(dotted_get(summary, spec["metric"])),
               "wall_s": round(time.perf_counter() - started, 1), "params": summary["student"]["params"],
               "extra_params": summary["student"]["extra_params"]}
     if "baseline_metric" in spec:
-        result["baseline"] = float(_path(summary, spec["baseline_metric"]))
+        result["baseline"] = float(dotted_get(summary, spec["baseline_metric"]))
     for name, dotted in spec.get("extra", {}).items():
-        result[name] = float(_path(summary, dotted))
+        result[name] = float(dotted_get(summary, dotted))
     return result
 
 

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distill_table import dotted_get  # bench/ is on sys.path when this script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "apps" / "distill"
 
@@ -52,13 +54,6 @@ ROWS: dict[str, dict[str, Any]] = {
                    "metric": "test_accuracy", "baseline": "table:kd", "label": "test accuracy",
                    "baseline_name": "KD (distill_table kd row)"},
 }
-
-
-def _path(report: dict[str, Any], dotted: str) -> Any:
-    value: Any = report
-    for key in dotted.split("."):
-        value = value[key]
-    return value
 
 
 def run_row(name: str, data: Path, teacher: Path, out: Path, iterations: int, seed: int,
@@ -89,8 +84,8 @@ def read_result(name: str, report: dict[str, Any], seed: int, wall: float, kd_ru
                 ) -> dict[str, Any]:
     """The table's numbers from utility ``name``'s report (``OUT/<name>.json``)."""
     spec = ROWS[name]
-    baseline = kd_runs[seed] if spec["baseline"] == "table:kd" else float(_path(report, spec["baseline"]))
-    result = {"row": name, "seed": seed, "metric": float(_path(report, spec["metric"])), "baseline": baseline,
+    baseline = kd_runs[seed] if spec["baseline"] == "table:kd" else float(dotted_get(report, spec["baseline"]))
+    result = {"row": name, "seed": seed, "metric": float(dotted_get(report, spec["metric"])), "baseline": baseline,
               "wall_s": round(wall, 1)}
     for key in ("seconds_per_candidate", "candidates_scored", "search_seconds"):
         if key in report:

@@ -61,6 +61,7 @@ from medkd.keys import Keys
 
 __all__ = [
     "CLASSIFICATION_IMAGE_SUFFIXES",
+    "read_datalist_rows",
     "resize_image",
     "ClassificationDataset",
     "ClassificationItem",
@@ -321,14 +322,20 @@ def _read_folders(root: Path, split: str, class_names: tuple[str, ...] | None) -
     return ClassificationSplit(items, class_names, split, split_dir, channels)
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
+def read_datalist_rows(path: Path, required: Sequence[str] = (Keys.IMAGE.value, Keys.LABEL.value)
+                       ) -> list[dict[str, str]]:
+    """The rows of a CSV datalist (keys and values stripped, a UTF-8 BOM ignored).
+
+    Raises:
+        DataError: naming the file: missing, unreadable, or without one of the ``required`` columns.
+    """
     if not path.is_file():
         raise DataError(path, "datalist CSV not found")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in (Keys.IMAGE.value, Keys.LABEL.value) if c not in columns]
+            missing = [c for c in required if c not in columns]
             if missing:
                 raise DataError(path, f"datalist CSV lacks the column(s) {missing} (header: {columns})")
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
@@ -354,7 +361,7 @@ def _csv_class_names(rows: Sequence[Mapping[str, str]], path: Path) -> tuple[str
 
 def _read_csv(root: Path, split: str, datalist: Path, class_names: tuple[str, ...] | None) -> ClassificationSplit:
     path = root / datalist  # an absolute datalist stays as it is
-    rows = _read_rows(path)
+    rows = read_datalist_rows(path)
     class_names = class_names or _csv_class_names(rows, path)
     has_split = bool(rows) and "split" in rows[0]
     selected = [(i, r) for i, r in enumerate(rows) if not has_split or r.get("split") == split]

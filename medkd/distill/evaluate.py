@@ -44,12 +44,11 @@ def read_experiment(run: str | Path) -> Any:
 def _evaluate_routed(run: str | Path, data: Any, split: str, checkpoint: str) -> dict[str, Any]:
     """The metrics of a ``partition_students`` run's routed model (each case through its key's student)."""
     from medkd.distill.data import classification_metrics
-    from medkd.distill.routing import load_partitioned, predict_routed
+    from medkd.distill.routing import load_partitioned, routed_predictions
 
     model = load_partitioned(run, checkpoint)
-    images, labels, _ = data.tensors(split)
-    keys = [m.get(model.key, "") for m in data.metadata(split)]
-    summary = classification_metrics(predict_routed(model, images, keys).argmax(1), labels, data.num_classes)
+    pred, labels, _ = routed_predictions(model, data, split)
+    summary = classification_metrics(pred, labels, data.num_classes)
     summary.update(class_names=list(data.class_names), routed_by=model.key, partitions=list(model.values))
     return summary
 

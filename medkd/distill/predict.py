@@ -30,15 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from medkd.data.classification import load_image, resize_image
+from medkd.data.classification import load_image, read_datalist_rows, resize_image
 from medkd.errors import DataError, MedkdError
 from medkd.inference import Predictor, file_sha256, resolve_device
 from medkd.io.labels import labels_from_names
 from medkd.runs import read_run_info
 
 __all__ = [
-    "ClassifiedFile", "LoadedClassifier", "classification_predictor", "classify_files", "datalist_files", "load_classification_run",
-    "load_run_predictor", "predict_to_csv",
+    "ClassifiedFile", "LoadedClassifier", "classification_predictor", "classify_files", "datalist_files",
+    "load_classification_run", "load_run_predictor", "predict_to_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -218,25 +218,17 @@ def datalist_files(datalist: str | Path, split: str | None = None) -> list[tuple
         DataError: naming the file: missing, without an ``image`` column, a ``split`` filter without that column,
             or no row left.
     """
-    import csv
-
     path = Path(datalist)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(path, f"unreadable datalist ({err})") from None
-    if not rows or "image" not in rows[0]:
-        raise DataError(path, f"needs an 'image' column and at least one row (columns: "
-                              f"{', '.join(rows[0]) if rows else 'none'})")
+    rows = read_datalist_rows(path, required=("image",))
+    if not rows:
+        raise DataError(path, "datalist CSV has no rows")
     if split is not None:
         if "split" not in rows[0]:
             raise DataError(path, f"has no 'split' column to select {split!r} from")
         rows = [r for r in rows if r["split"] == split]
         if not rows:
             raise DataError(path, f"has no row of split {split!r}")
-    return [(path.parent / r["image"], {k: v for k, v in r.items() if k != "image" and v is not None})
-            for r in rows]
+    return [(path.parent / r["image"], {k: v for k, v in r.items() if k != "image"}) for r in rows]
 
 
 def predict_to_csv(predictor: Predictor, files: Sequence[tuple[Path, Mapping[str, str]]], out: str | Path,

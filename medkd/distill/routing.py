@@ -43,7 +43,7 @@ from medkd.io.atomic import write_text_atomic
 
 __all__ = [
     "ROUTING_FILE", "PartitionedStudent", "UnknownPartitionError", "key_values", "load_partitioned", "metadata_values",
-    "predict_routed", "read_routing", "write_routing",
+    "predict_routed", "read_routing", "routed_predictions", "write_routing",
 ]
 
 #: the routing file of a partitioned run
@@ -173,6 +173,19 @@ def predict_routed(model: PartitionedStudent, images: Tensor, keys: Sequence[Any
     finally:
         model.train(was)
     return torch.cat(parts) if parts else torch.empty(0)
+
+
+def routed_predictions(model: PartitionedStudent, data: Any, split: str,
+                       device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, np.ndarray]:
+    """``(predicted labels, labels, key values)`` of every case of ``split`` of a
+    :class:`~medkd.distill.data.ClassificationData`, each case through the student of its own key value.
+
+    Raises:
+        UnknownPartitionError: a case whose value has no student (a case without the key has value ``""``).
+    """
+    images, labels, _ = data.tensors(split)
+    keys = np.asarray([m.get(model.key, "") for m in data.metadata(split)], dtype=str)
+    return predict_routed(model, images, keys, device).argmax(1), labels, keys
 
 
 def metadata_values(data: Any, key: str, split: str) -> list[str]:

@@ -46,7 +46,7 @@ import torch
 
 from medkd.distill.registry import register_strategy
 from medkd.distill.routing import (
-    PartitionedStudent, load_partitioned, metadata_values, predict_routed, write_routing,
+    PartitionedStudent, load_partitioned, metadata_values, routed_predictions, write_routing,
 )
 from medkd.distill.strategy import Strategy, StrategyContext
 from medkd.errors import ConfigError
@@ -143,8 +143,6 @@ class PartitionStudents(Strategy):
     def _evaluate(self, ctx: StrategyContext, values: list[str], folders: dict[str, str],
                   sizes: dict[str, int]) -> dict[str, Any]:
         """Routed accuracy over whole splits, per-partition accuracy, and the global student's on each partition."""
-        import numpy as np
-
         from medkd.distill.data import classification_metrics
         from medkd.distill.students import load_classifier
 
@@ -158,9 +156,7 @@ class PartitionStudents(Strategy):
         if global_net is not None:
             out["global"] = {}
         for split in self._eval_splits(ctx):
-            images, labels, _ = ctx.data.tensors(split)
-            keys = np.asarray([m[self.key] for m in ctx.data.metadata(split)], dtype=str)
-            pred = predict_routed(routed_model, images, keys, ctx.device).argmax(1)
+            pred, labels, keys = routed_predictions(routed_model, ctx.data, split, ctx.device)
             m = classification_metrics(pred, labels, n_classes)
             out["routed"][split] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
             global_pred = ctx.data.predict(global_net, split, ctx.device).argmax(1) if global_net is not None else None
